@@ -1,0 +1,198 @@
+"""From feedback to training pairs: labeler agreement, consensus rankings, rank -> pairs.
+
+Ranks are "smaller = preferred". A flag "F" counts as rank n + 1 (below every ranked completion)
+when a labeler's ranking is compared or averaged; a completion flagged by more than `flag_quorum`
+of the trusted labelers of its set is removed before pairs are made.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from itertools import combinations
+from statistics import mean
+from typing import Iterable
+
+from rlhf_exp.feedback.agreement import kendall_tau_b, kendall_w
+from rlhf_exp.feedback.formats import FLAG, Binary, Feedback, Pair, RankedSet
+
+
+def rank_values(ranks: list, n: int) -> list[float]:
+    """A labeler's ranks as numbers; "F" becomes n + 1."""
+    return [float(n + 1) if r == FLAG else float(r) for r in ranks]
+
+
+def _mean_ranks(rankings: Iterable[list], n: int) -> list[float]:
+    vals = [rank_values(r, n) for r in rankings]
+    return [mean(v[i] for v in vals) for i in range(n)]
+
+
+@dataclass
+class LabelerStats:
+    id: str
+    sets_ranked: int = 0
+    sets_compared: int = 0              # sets where tau against the others was defined
+    agreement: float | None = None      # mean Kendall tau-b vs the leave-one-out consensus
+    set_aside: bool = False
+    reason: str = ""
+
+
+def labeler_agreement(sets: list[RankedSet]) -> dict[str, LabelerStats]:
+    """Each labeler's mean Kendall tau-b against the mean ranking of the others, set by set."""
+    stats: dict[str, LabelerStats] = {}
+    taus: dict[str, list[float]] = defaultdict(list)
+    for s in sets:
+        n = len(s.completions)
+        for lab, ranks in s.rankings.items():
+            stats.setdefault(lab, LabelerStats(lab)).sets_ranked += 1
+            others = [r for o, r in s.rankings.items() if o != lab]
+            if not others:
+                continue
+            tau = kendall_tau_b(rank_values(ranks, n), _mean_ranks(others, n))
+            if tau is not None:
+                taus[lab].append(tau)
+    for lab, st in stats.items():
+        st.sets_compared = len(taus[lab])
+        st.agreement = mean(taus[lab]) if taus[lab] else None
+    return stats
+
+
+def overall_agreement(sets: list[RankedSet], labelers: set[str] | None = None) -> float | None:
+    """Kendall's W averaged over the sets ranked by at least two of `labelers` (all when None)."""
+    ws = []
+    for s in sets:
+        rs = [rank_values(r, len(s.completions)) for lab, r in s.rankings.items()
+              if labelers is None or lab in labelers]
+        w = kendall_w(rs)
+        if w is not None:
+            ws.append(w)
+    return mean(ws) if ws else None
+
+
+def set_aside(stats: dict[str, LabelerStats], min_agreement: float) -> set[str]:
+    """Mark labelers below `min_agreement`; return the ids kept. A labeler never compared is kept."""
+    kept = set()
+    for st in stats.values():
+        if st.agreement is None:
+            st.reason = "never ranked a set with another labeler; kept"
+            kept.add(st.id)
+        elif st.agreement < min_agreement:
+            st.set_aside = True
+            st.reason = f"agreement {st.agreement:.2f} < min_agreement {min_agreement:g}"
+        else:
+            kept.add(st.id)
+    return kept
+
+
+DROP_REASONS = {  # what `PairsResult.dropped` counts, by key
+    "ties": "pairs not made because the completions were tied",
+    "flagged": "completions removed: flagged F by most labelers",
+    "unlabeled_sets": "sets with no rankings yet",
+    "untrusted_sets": "sets ranked only by labelers set aside",
+    "one_sided_prompts": "binary prompts without both a thumbs-up and a thumbs-down",
+    "identical": "pairs of identical completions",
+    "duplicates": "exact duplicate pairs",
+}
+
+
+@dataclass
+class PairsResult:
+    pairs: list[Pair]
+    dropped: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # reason -> count
+
+
+def _pairs_from_ranks(s: RankedSet, keep: list[int], values: list[float], voters: list[list[float]],
+                      extra: dict, out: PairsResult) -> None:
+    """N-choose-2 pairs of the kept completions, preferred first; ties yield none."""
+    order = sorted(keep, key=lambda i: values[i])
+    for a, b in combinations(order, 2):
+        if values[a] == values[b]:
+            out.dropped["ties"] += 1
+            continue
+        votes = [1.0 if v[a] < v[b] else 0.5 if v[a] == v[b] else 0.0 for v in voters]
+        out.pairs.append(Pair(s.prompt, s.completions[a], s.completions[b],
+                              {**s.extra, **extra, "agreement": round(mean(votes), 4)}))
+
+
+def ranked_to_pairs(sets: list[RankedSet], trusted: set[str], flag_quorum: float,
+                    per_labeler: bool = False) -> PairsResult:
+    """Consensus (mean rank of trusted labelers) or per-labeler rankings -> pairs."""
+    out = PairsResult([])
+    for s in sets:
+        n = len(s.completions)
+        if not s.rankings:
+            out.dropped["unlabeled_sets"] += 1
+            continue
+        ranked = {lab: rank_values(r, n) for lab, r in s.rankings.items() if lab in trusted}
+        if not ranked:
+            out.dropped["untrusted_sets"] += 1
+            continue
+        flags = [sum(v[i] == n + 1 for v in ranked.values()) for i in range(n)]
+        keep = [i for i in range(n) if flags[i] <= flag_quorum * len(ranked)]
+        out.dropped["flagged"] += n - len(keep)
+        voters = list(ranked.values())
+        if per_labeler:
+            for lab, v in ranked.items():
+                _pairs_from_ranks(s, keep, v, voters, {"labeler": lab}, out)
+        else:
+            _pairs_from_ranks(s, keep, _mean_ranks(ranked.values(), n), voters, {}, out)
+    return out
+
+
+def binary_to_pairs(records: list[Binary]) -> PairsResult:
+    """Every (thumbs-up, thumbs-down) combination of completions of the same prompt."""
+    out = PairsResult([])
+    by_prompt: dict[str, tuple[list[str], list[str]]] = {}
+    for r in records:
+        by_prompt.setdefault(r.prompt, ([], []))[0 if r.label == 1 else 1].append(r.completion)
+    for prompt, (ups, downs) in by_prompt.items():
+        if not ups or not downs:
+            out.dropped["one_sided_prompts"] += 1
+            continue
+        out.pairs += [Pair(prompt, u, d, {"source": "binary"}) for u in ups for d in downs]
+    return out
+
+
+def dedupe(result: PairsResult) -> PairsResult:
+    """Drop exact duplicates (same prompt, chosen, rejected) and pairs of identical texts."""
+    seen, pairs = set(), []
+    for p in result.pairs:
+        key = (p.prompt, p.chosen, p.rejected)
+        if p.chosen == p.rejected:
+            result.dropped["identical"] += 1
+        elif key in seen:
+            result.dropped["duplicates"] += 1
+        else:
+            seen.add(key)
+            pairs.append(p)
+    result.pairs = pairs
+    return result
+
+
+@dataclass
+class Prepared:
+    kind: str
+    pairs: list[Pair]
+    labelers: dict[str, LabelerStats]
+    agreement_all: float | None
+    agreement_kept: float | None
+    sets: int
+    dropped: dict[str, int]
+
+
+def prepare_pairs(feedback: Feedback, min_agreement: float, flag_quorum: float,
+                  pairs_from: str = "consensus") -> Prepared:
+    """The whole `prepare` transformation of parsed feedback, without any I/O."""
+    labelers, w_all, w_kept = {}, None, None
+    if feedback.kind == "ranked":
+        sets = feedback.records
+        labelers = labeler_agreement(sets)
+        trusted = set_aside(labelers, min_agreement)
+        w_all, w_kept = overall_agreement(sets), overall_agreement(sets, trusted)
+        result = ranked_to_pairs(sets, trusted, flag_quorum, per_labeler=pairs_from == "labeler")
+    elif feedback.kind == "binary":
+        result = binary_to_pairs(feedback.records)
+    else:
+        result = PairsResult(list(feedback.records))
+    result = dedupe(result)
+    return Prepared(feedback.kind, result.pairs, labelers, w_all, w_kept, len(feedback.records),
+                    dict(result.dropped))

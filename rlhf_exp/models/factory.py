@@ -1,0 +1,74 @@
+"""The `model` group: how the policy (a causal LM) and its tokenizer are made.
+
+`TinyGPT2` builds a small GPT-2 from its config (random init, no download) with the world's BPE
+tokenizer; `HFModel` loads any causal LM and tokenizer from a local directory or a hub id. Both
+give a tokenizer whose PAD differs from EOS and that pads on the left, for batched generation.
+"""
+from __future__ import annotations
+
+from rlhf_exp.config import setting, settings
+
+
+def _ready_for_generation(tokenizer):
+    """Left padding, and a PAD token distinct from EOS (added when the checkpoint has none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    return tokenizer
+
+
+@settings
+class TinyGPT2:
+    """A small GPT-2 built from config; the default model, needs nothing from a hub."""
+    n_layer: int = setting(ge=1)
+    n_head: int = setting(ge=1)
+    n_embd: int = setting(ge=1)
+    n_positions: int = setting(ge=8)
+    vocab_size: int = setting(ge=300, doc="BPE vocabulary trained on the world's text")
+    dropout: float = setting(ge=0, lt=1)
+    tokenizer_dir: str
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd = {self.n_embd}: expected a multiple of n_head ({self.n_head})")
+
+    def tokenizer(self):
+        from rlhf_exp.models.tokenizer import world_tokenizer
+        return world_tokenizer(self.tokenizer_dir, self.vocab_size)
+
+    def causal_lm(self, tokenizer=None):
+        from transformers import GPT2Config, GPT2LMHeadModel
+        tokenizer = tokenizer or self.tokenizer()
+        config = GPT2Config(
+            vocab_size=len(tokenizer), n_positions=self.n_positions, n_embd=self.n_embd,
+            n_layer=self.n_layer, n_head=self.n_head, resid_pdrop=self.dropout,
+            embd_pdrop=self.dropout, attn_pdrop=self.dropout,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id)
+        model = GPT2LMHeadModel(config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        return model
+
+
+@settings
+class HFModel:
+    """Any causal LM with its tokenizer, from a local directory (or a hub id you have access to)."""
+    name_or_path: str
+    dtype: str = setting(choices=("float32", "bfloat16", "float16", "auto"))
+    trust_remote_code: bool
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(self.name_or_path, trust_remote_code=self.trust_remote_code)
+        return _ready_for_generation(tok)
+
+    def causal_lm(self, tokenizer=None):
+        from transformers import AutoModelForCausalLM
+        tokenizer = tokenizer or self.tokenizer()
+        model = AutoModelForCausalLM.from_pretrained(
+            self.name_or_path, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        return model

@@ -1,0 +1,15 @@
+"""Stages of the life cycle, one function each, and the order the pipeline runs them in."""
+from __future__ import annotations
+
+import importlib
+
+# stage name -> "module:function"; the pipeline runs them in this order.
+STAGES = {
+    "prepare": "rlhf_exp.stages.prepare:run",
+}
+PIPELINE = tuple(STAGES)
+
+
+def stage_function(name: str):
+    module, func = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), func)

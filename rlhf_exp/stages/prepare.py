@@ -1,0 +1,83 @@
+"""`stage=prepare`: feedback -> trusted labelers -> consensus rankings -> preference pairs."""
+from __future__ import annotations
+
+from rlhf_exp.config import setting, settings
+from rlhf_exp.feedback.consensus import DROP_REASONS, Prepared, prepare_pairs
+from rlhf_exp.feedback.formats import FeedbackError, ranked_to_json, write_json, write_jsonl
+from rlhf_exp.stages.context import StageContext
+
+
+@settings
+class PrepareSettings:
+    min_agreement: float = setting(ge=-1, le=1)
+    flag_quorum: float = setting(ge=0, le=1)
+    pairs_from: str = setting(choices=("consensus", "labeler"))
+
+
+def labelers_report(p: Prepared, kinds: dict[str, str] | None, min_agreement: float) -> dict:
+    rows = {}
+    for lab in sorted(p.labelers):
+        st = p.labelers[lab]
+        rows[lab] = {"sets_ranked": st.sets_ranked, "sets_compared": st.sets_compared,
+                     "agreement": None if st.agreement is None else round(st.agreement, 4),
+                     "set_aside": st.set_aside, "reason": st.reason}
+        if kinds:
+            rows[lab]["simulated_kind"] = kinds.get(lab)
+    return {"min_agreement": min_agreement, "agreement_measure": "mean Kendall tau-b vs leave-one-out consensus",
+            "kendall_w_all": p.agreement_all, "kendall_w_kept": p.agreement_kept, "labelers": rows}
+
+
+def format_table(report: dict) -> str:
+    rows = report["labelers"]
+    if not rows:
+        return "no labelers (the feedback holds no rankings)"
+    sim = any("simulated_kind" in r for r in rows.values())
+    head = f"{'labeler':<10}{'sets':>6}{'agreement':>11}  {'status':<10}" + ("  simulated" if sim else "")
+    lines = [head, "-" * len(head)]
+    for lab, r in rows.items():
+        agr = "n/a" if r["agreement"] is None else f"{r['agreement']:+.3f}"
+        status = "SET ASIDE" if r["set_aside"] else "kept"
+        lines.append(f"{lab:<10}{r['sets_ranked']:>6}{agr:>11}  {status:<10}"
+                     + (f"  {r.get('simulated_kind', '')}" if sim else ""))
+    w = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines.append(f"Kendall's W: all labelers {w(report['kendall_w_all'])}, kept {w(report['kendall_w_kept'])}")
+    return "\n".join(lines)
+
+
+def summary_lines(p: Prepared, source: str) -> list[str]:
+    aside = [lab for lab, st in p.labelers.items() if st.set_aside]
+    lines = [f"source: {source} ({p.kind} feedback, {p.sets} records)",
+             f"labelers set aside: {len(aside)} ({', '.join(sorted(aside)) or 'none'})",
+             f"pairs written: {len(p.pairs)}"]
+    lines += [f"dropped: {n} {DROP_REASONS[k]}" for k, n in sorted(p.dropped.items()) if n]
+    return lines
+
+
+def run(ctx: StageContext) -> None:
+    s: PrepareSettings = ctx.built["prepare"]
+    loaded = ctx.built["data"].load()
+    prepared = prepare_pairs(loaded.feedback, s.min_agreement, s.flag_quorum, s.pairs_from)
+    report = labelers_report(prepared, loaded.labeler_kinds, s.min_agreement)
+    print(format_table(report))
+    if not prepared.pairs:
+        raise FeedbackError(loaded.source, ["no preference pairs could be made; " + "; ".join(
+            f"{n} {DROP_REASONS[k]}" for k, n in prepared.dropped.items() if n)])
+
+    out = ctx.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    if loaded.labeler_kinds is not None:  # simulated feedback: keep it, so it can be re-read as a file
+        ctx.save("feedback", write_jsonl(out / "feedback.jsonl", map(ranked_to_json, loaded.feedback.records)))
+    ctx.save("labelers", write_json(out / "labelers.json", report))
+    summary = {"source": loaded.source, "kind": prepared.kind, "records": prepared.sets,
+               "pairs": len(prepared.pairs), "dropped": prepared.dropped}
+    ctx.save("prepare_summary", write_json(out / "prepare_summary.json", summary))
+    ctx.save("pairs", write_jsonl(out / "pairs.jsonl", (p.to_json() for p in prepared.pairs)))
+
+    print("\n".join(summary_lines(prepared, loaded.source)))
+    aside = sum(st.set_aside for st in prepared.labelers.values())
+    metrics = {"prepare/data/records": prepared.sets, "prepare/data/pairs": len(prepared.pairs),
+               "prepare/labelers/total": len(prepared.labelers), "prepare/labelers/set_aside": aside,
+               "prepare/labelers/kendall_w_all": prepared.agreement_all,
+               "prepare/labelers/kendall_w_kept": prepared.agreement_kept}
+    metrics.update({f"prepare/dropped/{k}": n for k, n in prepared.dropped.items()})
+    ctx.run.log_metrics(metrics)

@@ -1,0 +1,118 @@
+"""The `logger` group: MLflow tracking through `MlflowClient` (no global state), or none.
+
+A pipeline is one parent run with a nested run per stage; a stage run alone is a top-level run.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from rlhf_exp.config import settings
+
+
+class TrackedRun:
+    """One MLflow run: params, metrics, tags and artifacts go to it."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.id = client, run_id
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        from mlflow.entities import Param
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.id, metrics=items[i:i + 1000])
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        from mlflow.entities import RunTag
+        self.client.log_batch(self.id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.id, str(path), artifact_path or path.name)
+        else:
+            self.client.log_artifact(self.id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.id, text, artifact_file)
+
+
+class NullRun:
+    """Tracking off: the same calls, doing nothing."""
+    id = None
+
+    def log_params(self, params): pass
+    def log_metrics(self, metrics, step=0): pass
+    def set_tags(self, tags): pass
+    def log_artifact(self, path, artifact_path=None): pass
+    def log_text(self, text, artifact_file): pass
+
+
+@settings
+class MLflowTracker:
+    """Runs in an MLflow tracking store (default: the sqlite file `outputs/mlflow.db`)."""
+    tracking_uri: str
+    experiment_name: str
+    artifact_location: str
+
+    def __post_init__(self):
+        if not self.experiment_name.strip():
+            raise ValueError("experiment_name = '': expected a non-empty name")
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+            if self.tracking_uri.startswith("sqlite:///"):
+                db = Path(self.tracking_uri[len("sqlite:///"):])
+                db.parent.mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment_name)
+        if exp is not None:
+            return exp.experiment_id
+        location = Path(self.artifact_location).resolve().as_uri()
+        return self.client.create_experiment(self.experiment_name, artifact_location=location)
+
+    @contextlib.contextmanager
+    def run(self, name: str, tags: Mapping[str, object] | None = None,
+            parent: TrackedRun | None = None) -> Iterator[TrackedRun]:
+        """Start a run (nested under `parent` if given); end it FINISHED, or FAILED on an error."""
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+        tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent is not None:
+            tags[MLFLOW_PARENT_RUN_ID] = parent.id
+        info = self.client.create_run(self.experiment_id(), run_name=name, tags=tags).info
+        run = TrackedRun(self.client, info.run_id)
+        status = "FAILED"
+        try:
+            yield run
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self.client.set_terminated(info.run_id, status)
+
+
+@settings
+class NoTracker:
+    """`logger=none`: nothing is tracked."""
+
+    @contextlib.contextmanager
+    def run(self, name, tags=None, parent=None) -> Iterator[NullRun]:
+        yield NullRun()
