@@ -55,16 +55,15 @@ def check_settings(obj) -> None:
 
 def settings(cls):
     """Decorator: a keyword-only dataclass whose declared ranges are checked when it is built."""
-    cls = dataclasses.dataclass(kw_only=True)(cls)
-    own_post_init = getattr(cls, "__post_init__", None)
+    own_post_init = cls.__dict__.get("__post_init__")
 
     def __post_init__(self):
         check_settings(self)
         if own_post_init is not None:
             own_post_init(self)
 
-    cls.__post_init__ = __post_init__
-    return cls
+    cls.__post_init__ = __post_init__  # set before dataclass() so its __init__ calls it
+    return dataclasses.dataclass(kw_only=True)(cls)
 
 
 def _unknown_keys(keys: Iterable[str], known: Iterable[str]) -> list[str]:
@@ -98,12 +97,14 @@ def build_node(node: DictConfig, where: str) -> Any:
     keys = [k for k in node.keys() if k != "_target_"]
     if dataclasses.is_dataclass(target):
         fields = {f.name: f for f in dataclasses.fields(target)}
-        problems = _unknown_keys(keys, fields)
-        problems += [f"missing key '{name}'" for name, f in fields.items()
+        problems = [at(p, ": ") for p in _unknown_keys(keys, fields)]
+        problems += [at(f"missing key '{name}'", ": ") for name, f in fields.items()
                      if name not in keys and f.default is dataclasses.MISSING
                      and f.default_factory is dataclasses.MISSING]
+        problems += [at(f"{name}: no value given (expected one, e.g. on the command line: "
+                        f"{at(name)}=...)") for name in keys if OmegaConf.is_missing(node, name)]
         if problems:
-            raise ConfigError("\n".join(at(p, ": ") for p in problems))
+            raise ConfigError("\n".join(problems))
         try:
             values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
             typed = OmegaConf.merge(OmegaConf.structured(target), values)

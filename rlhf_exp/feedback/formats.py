@@ -100,15 +100,15 @@ def _parse_ranked(obj: dict, problems: list[str]) -> RankedSet | None:
         problems.append("field 'rankings': expected an object {labeler id: [rank of each completion]}")
         return None
     for labeler, ranks in rankings.items():
-        where = f"field 'rankings.{labeler}'"
+        where = f"field 'rankings.{labeler}"
         if not isinstance(ranks, list):
-            problems.append(f"{where}: expected a list of {n} ranks, got {type(ranks).__name__}")
+            problems.append(f"{where}': expected a list of {n} ranks, got {type(ranks).__name__}")
         elif len(ranks) != n:
-            problems.append(f"{where}: expected {n} ranks (one per completion), got {len(ranks)}")
+            problems.append(f"{where}': expected {n} ranks (one per completion), got {len(ranks)}")
         else:
             for i, r in enumerate(ranks):
                 if not (r == FLAG or (_is_int(r) and 1 <= r <= n)):
-                    problems.append(f"{where}[{i}]: expected an integer rank 1..{n} or \"F\", got {r!r}")
+                    problems.append(f"{where}[{i}]': expected an integer rank 1..{n} or \"F\", got {r!r}")
     if problems:
         return None
     extra = {k: v for k, v in obj.items() if k not in KIND_FIELDS["ranked"]}

@@ -42,8 +42,8 @@ def validate_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> d
             built[name] = build_node(node, "" if name == "run" else name)
         except ConfigError as err:
             source = f" (conf/{name}/{choices[name]}.yaml)" if choices.get(name) else ""
-            where = "top level" if name == "run" else f"'{name}'{source}"
-            problems.append(f"in {where}:\n  " + str(err).replace("\n", "\n  "))
+            where = "at the top level" if name == "run" else f"in '{name}'{source}"
+            problems.append(f"{where}:\n  " + str(err).replace("\n", "\n  "))
     if problems:
         raise ConfigError("\n".join(problems))
     return built

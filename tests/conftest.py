@@ -1,0 +1,37 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """One tokenizer cache for the whole session (training it once costs a second or two)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def cli(tmp_path, cache_dir):
+    """Run `python -m rlhf_exp ARGS` in a fresh working directory; returns CompletedProcess."""
+    def run(*args, check=True):
+        env = {**os.environ, "RLHF_EXP_CACHE": str(cache_dir), "HYDRA_FULL_ERROR": "1"}
+        proc = subprocess.run([sys.executable, "-m", "rlhf_exp", "hydra.run.dir=outputs/run", *args],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+    return run
+
+
+def compose(*overrides):
+    """Compose conf/config.yaml with overrides (no Hydra runtime, so output_dir is set by hand)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=["paths.output_dir=/tmp/rlhf-exp-test", *overrides],
+                             return_hydra_config=False)

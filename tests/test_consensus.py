@@ -1,0 +1,87 @@
+"""Labelers set aside, consensus, flags, ties, and every input kind turned into pairs."""
+import pytest
+
+from rlhf_exp.feedback.consensus import prepare_pairs
+from rlhf_exp.feedback.formats import Binary, Feedback, Pair, RankedSet
+
+
+def pairs_of(prepared):
+    return [(p.chosen, p.rejected) for p in prepared.pairs]
+
+
+def test_lecture_example():
+    """Two labelers rank [A, B, C] as 2, 1, 3; a third as 1, 3, 2. The third is set aside."""
+    s = RankedSet("prompt", ["A", "B", "C"], {"ann": [2, 1, 3], "bob": [2, 1, 3], "eve": [1, 3, 2]})
+    prepared = prepare_pairs(Feedback("ranked", [s]), min_agreement=0.2, flag_quorum=0.5)
+    assert prepared.labelers["eve"].set_aside
+    assert not prepared.labelers["ann"].set_aside and not prepared.labelers["bob"].set_aside
+    assert prepared.labelers["ann"].agreement == pytest.approx(1 / 3)
+    assert prepared.labelers["eve"].agreement == pytest.approx(-1 / 3)
+    assert pairs_of(prepared) == [("B", "A"), ("B", "C"), ("A", "C")]
+    assert all(p.extra["agreement"] == 1.0 for p in prepared.pairs)
+    assert prepared.agreement_all == pytest.approx(1 / 3)
+    assert prepared.agreement_kept == pytest.approx(1.0)
+
+
+def test_ties_yield_no_pair():
+    s = RankedSet("p", ["A", "B", "C"], {"ann": [1, 1, 2], "bob": [1, 1, 2]})
+    prepared = prepare_pairs(Feedback("ranked", [s]), 0.0, 0.5)
+    assert pairs_of(prepared) == [("A", "C"), ("B", "C")]
+    assert prepared.dropped["ties"] == 1
+
+
+def test_equal_mean_ranks_are_a_tie():
+    s = RankedSet("p", ["A", "B"], {"ann": [1, 2], "bob": [2, 1]})
+    prepared = prepare_pairs(Feedback("ranked", [s]), -1.0, 0.5)
+    assert prepared.pairs == [] and prepared.dropped["ties"] == 1
+
+
+def test_completion_flagged_by_most_labelers_is_removed():
+    s = RankedSet("p", ["A", "B", "junk"], {"a": [1, 2, "F"], "b": [2, 1, "F"], "c": [1, 3, 2]})
+    prepared = prepare_pairs(Feedback("ranked", [s]), -1.0, 0.5)
+    assert all("junk" not in pair for pair in pairs_of(prepared))
+    assert prepared.dropped["flagged"] == 1
+
+
+def test_flag_by_a_minority_counts_as_last():
+    # one labeler of three flags C: it stays, ranked below the others ("F" = n + 1)
+    s = RankedSet("p", ["A", "B", "C"], {"a": [1, 2, 3], "b": [1, 2, 3], "c": [1, 2, "F"]})
+    prepared = prepare_pairs(Feedback("ranked", [s]), -1.0, 0.5)
+    assert pairs_of(prepared) == [("A", "B"), ("A", "C"), ("B", "C")]
+
+
+def test_per_labeler_pairs():
+    s = RankedSet("p", ["A", "B"], {"a": [1, 2], "b": [2, 1], "c": [1, 2]})
+    prepared = prepare_pairs(Feedback("ranked", [s]), -1.0, 0.5, pairs_from="labeler")
+    # a and c agree: their identical pair is a duplicate; b's reversed pair stays
+    assert pairs_of(prepared) == [("A", "B"), ("B", "A")]
+    assert [p.extra["labeler"] for p in prepared.pairs] == ["a", "b"]
+    assert prepared.dropped["duplicates"] == 1
+
+
+def test_binary_feedback_pairs_up_and_down_of_the_same_prompt():
+    recs = [Binary("p", "good", 1), Binary("p", "bad", 0), Binary("p", "worse", 0),
+            Binary("q", "only up", 1)]
+    prepared = prepare_pairs(Feedback("binary", recs), 0.0, 0.5)
+    assert pairs_of(prepared) == [("good", "bad"), ("good", "worse")]
+    assert prepared.dropped["one_sided_prompts"] == 1
+
+
+def test_pairwise_records_pass_through_and_duplicates_go():
+    recs = [Pair("p", "a", "b", {"margin": 1.5}), Pair("p", "a", "b", {"margin": 1.5}),
+            Pair("p", "c", "c")]
+    prepared = prepare_pairs(Feedback("pairwise", recs), 0.0, 0.5)
+    assert [p.to_json() for p in prepared.pairs] == [
+        {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1.5}]
+    assert prepared.dropped == {"duplicates": 1, "identical": 1}
+
+
+def test_sets_only_ranked_by_labelers_set_aside_are_dropped():
+    good = RankedSet("p", ["A", "B", "C"], {"a": [1, 2, 3], "b": [1, 2, 3], "z": [3, 2, 1]})
+    only_z = RankedSet("q", ["A", "B"], {"z": [1, 2]})
+    unlabeled = RankedSet("r", ["A", "B"], {})
+    prepared = prepare_pairs(Feedback("ranked", [good, only_z, unlabeled]), 0.2, 0.5)
+    assert prepared.labelers["z"].set_aside
+    assert {p.prompt for p in prepared.pairs} == {"p"}
+    assert prepared.dropped["untrusted_sets"] == 1 and prepared.dropped["unlabeled_sets"] == 1
+

@@ -1,0 +1,107 @@
+"""Feedback files: kinds detected from fields; every bad line reported with line, field, expectation."""
+import json
+
+import pytest
+
+from rlhf_exp.feedback.formats import FeedbackError, load_feedback, parse_lines, write_jsonl
+
+
+def lines(*objs):
+    return [o if isinstance(o, str) else json.dumps(o) for o in objs]
+
+
+RANKED = {"prompt": "p", "completions": ["a", "b", "c"], "rankings": {"x": [1, "F", 2]}}
+
+
+def problems(*objs):
+    with pytest.raises(FeedbackError) as err:
+        parse_lines(lines(*objs), source="fb.jsonl")
+    return err.value.problems
+
+
+def test_kinds_are_detected_from_fields():
+    assert parse_lines(lines(RANKED)).kind == "ranked"
+    assert parse_lines(lines({"prompt": "p", "chosen": "a", "rejected": "b", "margin": 2})).kind == "pairwise"
+    assert parse_lines(lines({"prompt": "p", "completion": "a", "label": 1})).kind == "binary"
+
+
+def test_ranked_record_keeps_flags_and_extra_fields():
+    fb = parse_lines(lines({**RANKED, "id": 7}, ""))
+    assert fb.records[0].rankings == {"x": [1, "F", 2]}
+    assert fb.records[0].extra == {"id": 7}
+
+
+def test_bad_json_names_line_and_column():
+    assert problems(RANKED, "{not json") == ["line 2: bad JSON (Expecting property name enclosed in double quotes at column 2)"]
+
+
+def test_missing_field():
+    assert problems({"prompt": "p", "chosen": "a"}) == ["line 1: field 'rejected': missing (expected a string)"]
+    assert problems({"completions": ["a", "b"], "rankings": {}}) == ["line 1: field 'prompt': missing (expected a string)"]
+
+
+def test_ranking_of_the_wrong_length():
+    bad = {**RANKED, "rankings": {"x": [1, 2]}}
+    assert problems(bad) == ["line 1: field 'rankings.x': expected 3 ranks (one per completion), got 2"]
+
+
+def test_rank_out_of_range_and_bad_flag():
+    bad = {**RANKED, "rankings": {"x": [0, 4, "f"], "y": [1, True, 2]}}
+    assert problems(bad) == [
+        "line 1: field 'rankings.x[0]': expected an integer rank 1..3 or \"F\", got 0",
+        "line 1: field 'rankings.x[1]': expected an integer rank 1..3 or \"F\", got 4",
+        "line 1: field 'rankings.x[2]': expected an integer rank 1..3 or \"F\", got 'f'",
+        "line 1: field 'rankings.y[1]': expected an integer rank 1..3 or \"F\", got True",
+    ]
+
+
+def test_unknown_kind_and_non_object():
+    out = problems({"text": "hello"}, [1, 2])
+    assert out[0].startswith("line 1: unknown kind of feedback (fields ['text'])")
+    assert out[1] == "line 2: expected a JSON object, got list"
+
+
+def test_binary_label_and_pairwise_margin_types():
+    assert problems({"prompt": "p", "completion": "a", "label": 2}) == [
+        "line 1: field 'label': expected 0 (thumbs down) or 1 (thumbs up), got 2"]
+    assert problems({"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}) == [
+        "line 1: field 'margin': expected a number, got 'big'"]
+
+
+def test_wrong_types_and_too_few_completions():
+    assert problems({"prompt": 3, "completions": ["a"], "rankings": {}}) == [
+        "line 1: field 'prompt': expected a string, got int",
+        "line 1: field 'completions': expected a list of at least 2 strings"]
+
+
+def test_mixed_kinds_in_one_file():
+    out = problems(RANKED, {"prompt": "p", "chosen": "a", "rejected": "b"})
+    assert out == ["line 2: a pairwise record in a ranked file (kind set by line 1); one kind per file"]
+
+
+def test_every_bad_line_is_reported_not_only_the_first():
+    out = problems("oops", RANKED, {"x": 1}, {**RANKED, "rankings": {"x": [1]}})
+    assert [p.split(":")[0] for p in out] == ["line 1", "line 3", "line 4"]
+
+
+def test_empty_file_and_missing_file(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(FeedbackError, match="the file is empty"):
+        load_feedback(empty)
+    with pytest.raises(FeedbackError, match="no such file"):
+        load_feedback(tmp_path / "nope.jsonl")
+
+
+def test_error_message_names_the_file(tmp_path):
+    path = tmp_path / "fb.jsonl"
+    path.write_text("{}\n")
+    with pytest.raises(FeedbackError) as err:
+        load_feedback(path)
+    assert str(err.value).startswith(f"{path}: 1 bad line(s)")
+
+
+def test_write_jsonl_leaves_no_temporary_file(tmp_path):
+    out = write_jsonl(tmp_path / "x.jsonl", [{"a": 1}, {"a": 2}])
+    assert out.read_text() == '{"a": 1}\n{"a": 2}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["x.jsonl"]
