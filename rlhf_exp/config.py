@@ -97,24 +97,27 @@ def build_node(node: DictConfig, where: str) -> Any:
     keys = [k for k in node.keys() if k != "_target_"]
     if dataclasses.is_dataclass(target):
         fields = {f.name: f for f in dataclasses.fields(target)}
-        problems = [at(p, ": ") for p in _unknown_keys(keys, fields)]
-        problems += [at(f"missing key '{name}'", ": ") for name, f in fields.items()
-                     if name not in keys and f.default is dataclasses.MISSING
-                     and f.default_factory is dataclasses.MISSING]
-        problems += [at(f"{name}: no value given (expected one, e.g. on the command line: "
-                        f"{at(name)}=...)") for name in keys if OmegaConf.is_missing(node, name)]
-        if problems:
-            raise ConfigError("\n".join(problems))
-        try:
-            values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
-            typed = OmegaConf.merge(OmegaConf.structured(target), values)
-            return OmegaConf.to_object(typed)
+        unknown = [at(p, ": ") for p in _unknown_keys(keys, fields)]
+        missing = [at(f"missing key '{name}'", ": ") for name, f in fields.items()
+                   if name not in keys and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        missing += [at(f"{name}: no value given (expected one, e.g. on the command line: "
+                       f"{at(name)}=...)") for name in keys if OmegaConf.is_missing(node, name)]
+        if missing:
+            raise ConfigError("\n".join(unknown + missing))
+        try:  # types (via OmegaConf's structured configs), then ranges (the dataclass's checks)
+            container = OmegaConf.to_container(node, resolve=True)
+            values = {k: v for k, v in container.items() if k in fields}
+            built = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(target), values))
+            invalid = []
         except OmegaConfBaseException as err:
             key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
-            msg = str(err).splitlines()[0]
-            raise ConfigError(f"{at(key)}: {msg}") from None
+            invalid = [f"{at(key)}: {str(err).splitlines()[0]}"]
         except ValueError as err:
-            raise ConfigError("\n".join(at(p) for p in str(err).split("; "))) from None
+            invalid = [at(p) for p in str(err).split("; ")]
+        if unknown or invalid:
+            raise ConfigError("\n".join(unknown + invalid))
+        return built
     params = inspect.signature(target).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         problems = _unknown_keys(keys, [n for n in params if n != "self"])

@@ -1,0 +1,91 @@
+"""model=tiny and model=hf: tokenizer with PAD != EOS and left padding; save_pretrained -> from_pretrained."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf_exp.models.factory import HFModel, TinyGPT2
+from rlhf_exp.models.reward import GoldReward
+
+TINY = dict(n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=512, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    spec = TinyGPT2(**TINY, tokenizer_dir=str(tmp_path_factory.mktemp("tok")))
+    tok = spec.tokenizer()
+    torch.manual_seed(0)
+    return spec, tok, spec.causal_lm(tok).eval()
+
+
+def test_tokenizer_is_cached_and_pads_left_with_a_pad_distinct_from_eos(tiny):
+    spec, tok, _ = tiny
+    assert tok.pad_token_id != tok.eos_token_id and tok.padding_side == "left"
+    assert len(tok) == 512
+    assert tok.decode(tok("My house is too hot.")["input_ids"]) == "My house is too hot."
+    cached = list(Path(spec.tokenizer_dir).iterdir())
+    assert len(cached) == 1  # trained once, then loaded from the cache
+    again = spec.tokenizer()
+    assert again("knock knock")["input_ids"] == tok("knock knock")["input_ids"]
+    assert list(Path(spec.tokenizer_dir).iterdir()) == cached
+
+
+def test_tiny_model_is_built_from_config(tiny):
+    _, tok, lm = tiny
+    assert lm.config.n_layer == 1 and lm.config.n_embd == 32
+    assert lm.config.pad_token_id == tok.pad_token_id and lm.config.eos_token_id == tok.eos_token_id
+    assert lm.get_input_embeddings().num_embeddings == len(tok)
+
+
+def test_left_padded_batch_matches_unpadded_prompts(tiny):
+    """Correct position ids under left padding: the next-token logits do not depend on padding."""
+    _, tok, lm = tiny
+    prompts = ["Hi", "My house is too hot. What can I do?"]
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    assert batch["attention_mask"][0, 0] == 0  # the short prompt is padded on the left
+    out = lm.generate(**batch, max_new_tokens=3, do_sample=False, output_scores=True,
+                      return_dict_in_generate=True)
+    for i, p in enumerate(prompts):
+        single = lm.generate(**tok([p], return_tensors="pt"), max_new_tokens=3, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True)
+        for step in range(3):
+            torch.testing.assert_close(out.scores[step][i], single.scores[step][0], atol=1e-4, rtol=1e-4)
+
+
+def test_save_pretrained_then_load_with_model_hf(tiny, tmp_path):
+    _, tok, lm = tiny
+    lm.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    spec = HFModel(name_or_path=str(tmp_path), dtype="float32", trust_remote_code=False)
+    tok2 = spec.tokenizer()
+    lm2 = spec.causal_lm(tok2).eval()
+    assert tok2.pad_token_id == tok.pad_token_id != tok2.eos_token_id
+    assert tok2.padding_side == "left"
+    ids = tok(["Tell me a knock-knock joke."], return_tensors="pt")
+    torch.testing.assert_close(lm2(**ids).logits, lm(**ids).logits)
+
+
+def test_model_hf_adds_a_pad_token_when_the_checkpoint_pads_with_eos(tiny, tmp_path):
+    _, tok, lm = tiny
+    tok.save_pretrained(tmp_path)
+    lm.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+    t = AutoTokenizer.from_pretrained(tmp_path)
+    t.pad_token = t.eos_token  # what many checkpoints ship with
+    t.save_pretrained(tmp_path)
+    spec = HFModel(name_or_path=str(tmp_path), dtype="float32", trust_remote_code=False)
+    tok2 = spec.tokenizer()
+    assert tok2.pad_token_id != tok2.eos_token_id
+    lm2 = spec.causal_lm(tok2)
+    assert lm2.get_input_embeddings().num_embeddings >= len(tok2)
+    assert lm2.generation_config.pad_token_id == tok2.pad_token_id
+
+
+def test_gold_reward_scores_a_batch():
+    r = GoldReward(component="overall")
+    scores = r.score(["Tell me a knock-knock joke."] * 2,
+                     ["Knock knock. Who's there? Boo. Boo who? Don't cry, it's only a joke!",
+                      "That is a stupid question. You are wrong about jokes, figure it out yourself."])
+    assert scores.shape == (2,) and scores.dtype == torch.float32
+    assert scores[0] > 0.8 > scores[1]
+    assert GoldReward(component="toxicity").score(["q"], ["you idiot, stupid"]).item() == 1.0

@@ -1,0 +1,39 @@
+"""MLflow tracking through the sqlite store: nested runs, params, metrics, artifacts, statuses."""
+import pytest
+from mlflow.tracking import MlflowClient
+
+from rlhf_exp.tracking.tracker import MLflowTracker, NoTracker
+
+
+def test_parent_and_nested_runs(tmp_path):
+    uri = f"sqlite:///{tmp_path}/db/mlflow.db"
+    tracker = MLflowTracker(tracking_uri=uri, experiment_name="t", artifact_location=str(tmp_path / "art"))
+    (tmp_path / "out.txt").write_text("hello")
+    with tracker.run("pipeline", tags={"stage": "pipeline"}) as parent:
+        with tracker.run("prepare", tags={"stage": "prepare"}, parent=parent) as child:
+            child.log_params({f"p{i}": i for i in range(150)})  # more than one batch
+            child.log_metrics({"prepare/data/pairs": 7, "skip": None})
+            child.log_artifact(tmp_path / "out.txt")
+    client = MlflowClient(uri)
+    c = client.get_run(child.id)
+    assert c.data.tags["mlflow.parentRunId"] == parent.id and c.data.tags["stage"] == "prepare"
+    assert len(c.data.params) == 150 and c.data.metrics == {"prepare/data/pairs": 7.0}
+    assert [a.path for a in client.list_artifacts(child.id)] == ["out.txt"]
+    assert c.info.status == "FINISHED" and client.get_run(parent.id).info.status == "FINISHED"
+
+
+def test_a_failing_run_is_marked_failed(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = MLflowTracker(tracking_uri=uri, experiment_name="t", artifact_location=str(tmp_path / "art"))
+    with pytest.raises(RuntimeError):
+        with tracker.run("prepare") as run:
+            raise RuntimeError("boom")
+    assert MlflowClient(uri).get_run(run.id).info.status == "FAILED"
+
+
+def test_no_tracker_accepts_the_same_calls():
+    with NoTracker().run("x") as run:
+        run.log_params({"a": 1})
+        run.log_metrics({"b": 2.0})
+        run.log_text("t", "t.txt")
+    assert run.id is None
