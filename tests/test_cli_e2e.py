@@ -98,11 +98,12 @@ def test_binary_feedback_file_and_logger_none(cli, tmp_path):
     assert not (tmp_path / "outputs/mlflow.db").exists()
 
 
-def test_multirun_tags_each_job_with_the_sweep(cli, tmp_path):
-    cli("-m", "stage=prepare", "data.noise=0.1,0.3", "hydra.sweep.dir=outputs/sweep")
+def test_multirun_tags_each_job_with_the_sweep_and_goes_on_after_a_failed_job(cli, tmp_path):
+    proc = cli("-m", "stage=prepare", "data.noise=0.1,-1,0.3", "hydra.sweep.dir=outputs/sweep")
+    assert "data.noise = -1.0: expected a value >= 0" in proc.stderr  # job 1 refused, sweep goes on
     _, runs = mlflow_runs(tmp_path)
     assert len(runs) == 2
     assert {r.data.tags["sweep_id"] for r in runs} == {"outputs/sweep"}
-    assert sorted(r.data.tags["sweep_job"] for r in runs) == ["0", "1"]
+    assert sorted(r.data.tags["sweep_job"] for r in runs) == ["0", "2"]
     assert sorted(r.data.params["data.noise"] for r in runs) == ["0.1", "0.3"]
-    assert (tmp_path / "outputs/sweep/0/pairs.jsonl").is_file()
+    assert (tmp_path / "outputs/sweep/2/pairs.jsonl").is_file()

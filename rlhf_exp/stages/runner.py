@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-import logging
+import contextlib
 import subprocess
 import sys
 import time
@@ -16,8 +16,6 @@ from rlhf_exp.config import ConfigError, build_node, flatten, setting, settings
 from rlhf_exp.errors import UserError
 from rlhf_exp.stages import PIPELINE, stage_function
 from rlhf_exp.stages.context import StageContext
-
-log = logging.getLogger(__name__)
 
 
 @settings
@@ -58,8 +56,8 @@ def git_commit() -> str | None:
         return None
 
 
-def hydra_info() -> tuple[Path, dict[str, str], dict[str, str]]:
-    """(run dir, group choices, multirun tags) from Hydra's runtime config."""
+def hydra_info() -> tuple[dict[str, str], dict[str, str]]:
+    """(group choices, multirun tags) from Hydra's runtime config."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     hc = HydraConfig.get()
@@ -67,57 +65,55 @@ def hydra_info() -> tuple[Path, dict[str, str], dict[str, str]]:
     if hc.mode == RunMode.MULTIRUN:
         tags = {"sweep_id": hc.sweep.dir, "sweep_job": hc.job.num}
     choices = {k: v for k, v in hc.runtime.choices.items() if v is not None}
-    return Path(hc.runtime.output_dir), choices, tags
+    return choices, tags
 
 
 def run_stages(cfg: DictConfig, choices: dict[str, str], extra_tags: dict) -> None:
     """Validate, then run the requested stage(s) with tracking. Raises UserError on bad input."""
     built = validate_config(cfg, choices)
-    settings_: RunSettings = built["run"]
-    stages = PIPELINE if settings_.stage == "pipeline" else (settings_.stage,)
+    stage = built["run"].stage
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tracker = built["logger"]
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    params = flatten(resolved)
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    tags = {"algorithm": cfg.algorithm.name, "seed": settings_.seed, **extra_tags}
-    commit = git_commit()
-    if commit:
+    tags = {"algorithm": cfg.algorithm.name, "seed": cfg.seed, **extra_tags}
+    if commit := git_commit():
         tags.update({"git_commit": commit, "mlflow.source.git.commit": commit})
+    outputs: dict[str, Path] = {}  # files of the stages run so far, passed on to the next
 
-    def stage_run(name: str, parent, outputs: dict) -> None:
+    @contextlib.contextmanager
+    def tracked(name: str, parent=None):
         with tracker.run(name, tags={**tags, "stage": name}, parent=parent) as run:
             run.log_params(params)
             run.log_text(config_yaml, "config.yaml")
-            ctx = StageContext(cfg, built, run_dir, run, outputs)
+            yield run
+
+    def run_stage(name: str, parent=None) -> None:
+        with tracked(name, parent) as run:
             t0 = time.perf_counter()
-            stage_function(name)(ctx)
+            stage_function(name)(StageContext(cfg, built, run_dir, run, outputs))
             seconds = time.perf_counter() - t0
             run.log_metrics({f"{name}/perf/seconds": seconds})
             print(f"[{name}] done in {seconds:.1f} s; outputs in {run_dir}")
 
-    outputs: dict[str, Path] = {}
-    if settings_.stage == "pipeline":
-        with tracker.run("pipeline", tags={**tags, "stage": "pipeline"}) as parent:
-            parent.log_params(params)
-            parent.log_text(config_yaml, "config.yaml")
-            for name in stages:
-                stage_run(name, parent, outputs)
+    if stage == "pipeline":
+        with tracked("pipeline") as parent:
+            for name in PIPELINE:
+                run_stage(name, parent)
     else:
-        stage_run(stages[0], None, outputs)
+        run_stage(stage)
 
 
 def main(cfg: DictConfig):
     """The Hydra task: report user errors in words; in a multirun, a failed job lets the sweep go on."""
-    run_dir, choices, sweep_tags = hydra_info()
+    choices, sweep_tags = hydra_info()
     try:
         run_stages(cfg, choices, sweep_tags)
     except UserError as err:
         kind = "config error" if isinstance(err, ConfigError) else "input error"
-        print(f"{kind}: {err}", file=sys.stderr)
-        if sweep_tags:  # multirun: record the failure (the MLflow run is FAILED) and go on
-            log.error("job %s failed: %s", sweep_tags.get("sweep_job"), err)
-            return None
-        sys.exit(2)
+        where = f"job {sweep_tags['sweep_job']}: " if sweep_tags else ""
+        print(f"{where}{kind}: {err}", file=sys.stderr)
+        if not sweep_tags:
+            sys.exit(2)
     return None
