@@ -47,16 +47,73 @@ def test_prepare_on_the_synthetic_world(cli, tmp_path):
     assert read_jsonl(tmp_path / "outputs/again/pairs.jsonl") == pairs
 
 
-def test_default_pipeline_is_a_parent_run_with_nested_stage_runs(cli, tmp_path):
-    cli("experiment=smoke")
+def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path):
+    proc = cli("experiment=smoke")
     client, runs = mlflow_runs(tmp_path)
     parent = [r for r in runs if r.data.tags["stage"] == "pipeline"]
-    children = [r for r in runs if r.data.tags["stage"] != "pipeline"]
-    assert len(parent) == 1 and [r.data.tags["stage"] for r in children] == ["prepare"]
-    assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in children)
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
+    assert len(parent) == 1 and list(children) == ["sft", "collect", "prepare", "reward"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in children.values())
     assert all(r.info.status == "FINISHED" for r in runs)
     assert parent[0].data.params["data.n_labelers"] == "4"  # the smoke experiment's size
-    assert (tmp_path / "outputs/run/pairs.jsonl").is_file()
+
+    run_dir = tmp_path / "outputs/run"
+    sft = children["sft"].data.metrics
+    assert {"sft/train/loss", "sft/val/loss", "sft/perf/seconds"} <= set(sft)
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    assert AutoModelForCausalLM.from_pretrained(run_dir / "sft").config.n_embd == 32
+    assert "## epoch 0" in (run_dir / "sft_samples.txt").read_text()
+
+    feedback = read_jsonl(run_dir / "feedback.jsonl")
+    assert len(feedback) == 38 and all(len(r["completions"]) == 3 and r["rankings"] for r in feedback)
+    assert read_jsonl(run_dir / "heldout.jsonl")[0].keys() == {"prompt", "completions"}
+    assert children["collect"].data.metrics["collect/data/completions"] == 38 * 3
+    pairs = read_jsonl(run_dir / "pairs.jsonl")
+    assert children["prepare"].data.metrics["prepare/data/pairs"] == len(pairs) > 0
+
+    rm = children["reward"].data.metrics
+    assert {"reward/train/loss", "reward/val/loss", "reward/val/accuracy", "reward/val/margin",
+            "reward/norm/mean", "reward/norm/std", "reward/gold/accuracy"} <= set(rm)
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "reward_model")
+    assert model.config.num_labels == 1
+    assert model.config.reward_mean == pytest.approx(rm["reward/norm/mean"])
+    assert {a.path for a in client.list_artifacts(children["reward"].info.run_id)} >= {"reward_model", "config.yaml"}
+    assert "[reward] done" in proc.stdout
+
+
+def test_stages_alone_with_human_labelers(cli, tmp_path):
+    """collect for people (LABELING.md, empty rankings) -> filled by hand -> prepare -> reward."""
+    from rlhf_exp.models.factory import TinyGPT2
+    spec = TinyGPT2(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=2048, dropout=0.0,
+                    tokenizer_dir=str(tmp_path / "tok"))
+    tok = spec.tokenizer()
+    spec.causal_lm(tok).save_pretrained(tmp_path / "policy")
+    tok.save_pretrained(tmp_path / "policy")
+
+    missing = cli("stage=collect", check=False)
+    assert missing.returncode == 2 and "collect.policy: no input given" in missing.stderr
+
+    cli("stage=collect", "experiment=smoke", "collect.policy=policy", "collect.labelers=human",
+        "hydra.run.dir=outputs/collect")
+    sets = read_jsonl(tmp_path / "outputs/collect/feedback.jsonl")
+    assert sets and all(r["rankings"] == {} for r in sets)
+    assert "Rank the\nanswers from most to least helpful" in (tmp_path / "outputs/collect/LABELING.md").read_text()
+
+    for r in sets:  # two people fill in their rankings
+        r["rankings"] = {"ann": [1, 2, 3], "bob": [1, 3, 2]}
+    (tmp_path / "filled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sets))
+    cli("stage=prepare", "data=files", "data.feedback=filled.jsonl", "hydra.run.dir=outputs/prepare")
+    pairs = read_jsonl(tmp_path / "outputs/prepare/pairs.jsonl")
+    # consensus (1, 2.5, 2.5): the first completion beats the other two, which tie
+    expected = []
+    for r in sets:
+        a, b, c = r["completions"]
+        expected += [(r["prompt"], a, x) for x in (b, c) if x != a and (r["prompt"], a, x) not in expected]
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == expected
+
+    cli("stage=reward", "experiment=smoke", "reward_model.pairs=outputs/prepare/pairs.jsonl",
+        "reward_model.backbone=policy", "hydra.run.dir=outputs/reward")
+    assert (tmp_path / "outputs/reward/reward_model/config.json").is_file()
 
 
 def test_bad_input_exits_non_zero_names_every_bad_line_and_writes_no_pairs(cli, tmp_path):

@@ -7,7 +7,8 @@ from rlhf_exp.stages.runner import validate_config
 from tests.conftest import CONF, compose
 
 GROUPS = ["algorithm", "model", "reward", "data", "trainer", "logger", "paths", "experiment"]
-REQUIRED = {("data", "files"): ["data.feedback=x.jsonl"], ("model", "hf"): ["model.name_or_path=/tmp/m"]}
+REQUIRED = {("model", "hf"): ["model.name_or_path=/tmp/m"],
+            ("reward", "classifier"): ["reward.name_or_path=/tmp/c", "reward.positive_label=nothate"]}
 
 
 def options():
@@ -25,7 +26,8 @@ def test_every_option_composes_and_validates(group, option):
     cfg = compose(f"{group}={option}", *REQUIRED.get((group, option), []))
     built = validate_config(cfg)
     assert built["run"].stage == "pipeline"
-    for name in ("data", "model", "reward", "logger", "paths", "algorithm", "prepare"):
+    for name in ("data", "model", "reward", "logger", "paths", "algorithm", "sft", "collect", "prepare",
+                 "reward_model"):
         assert not OmegaConf.is_config(built[name]), name  # a settings object, built and checked
 
 
@@ -38,11 +40,11 @@ def test_defaults():
 
 
 def test_every_problem_is_listed_with_its_file():
-    cfg = compose("data.n_labelers=-2", "data.tie_rate=1.5", "prepare.pairs_from=votes", "stage=sft")
+    cfg = compose("data.n_labelers=-2", "data.tie_rate=1.5", "prepare.pairs_from=votes", "stage=sfx")
     with pytest.raises(ConfigError) as err:
         validate_config(cfg, {"data": "synthetic"})
     msg = str(err.value)
-    assert "stage = 'sft': expected one of 'pipeline', 'prepare'" in msg
+    assert "stage = 'sfx': expected one of 'pipeline', 'sft', 'collect', 'prepare', 'reward'" in msg
     assert "in 'data' (conf/data/synthetic.yaml):" in msg
     assert "data.n_labelers = -2: expected a value >= 1" in msg
     assert "data.tie_rate = 1.5: expected a value >= 0 and <= 1" in msg
@@ -62,8 +64,8 @@ def test_unknown_keys_are_refused_with_a_suggestion():
 def test_wrong_types_and_missing_values_are_refused():
     with pytest.raises(ConfigError, match="data.n_labelers: Value 'many' of type 'str' could not be converted to Integer"):
         validate_config(compose("data.n_labelers=many"))
-    with pytest.raises(ConfigError, match=r"data.feedback: no value given .* data.feedback=\.\.\."):
-        validate_config(compose("data=files"))
+    with pytest.raises(ConfigError, match=r"reward.name_or_path: no value given .* reward.name_or_path=\.\.\."):
+        validate_config(compose("reward=classifier", "reward.positive_label=ok"))
     with pytest.raises(ConfigError, match="model.n_embd = 30: expected a multiple of n_head"):
         validate_config(compose("model.n_embd=30"))
 

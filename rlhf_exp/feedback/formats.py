@@ -220,3 +220,34 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
+
+
+def load_records(path: str | os.PathLike, fields: tuple[str, ...]) -> list[dict]:
+    """A JSONL file of objects with string `fields` (prompts, demonstrations); every bad line reported."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeedbackError(str(path), [f"no such file (resolved to {path.resolve()})"])
+    rows, problems = [], []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                problems.append(f"line {lineno}: bad JSON ({err.msg} at column {err.colno})")
+                continue
+            if not isinstance(obj, dict):
+                problems.append(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
+                continue
+            line_problems: list[str] = []
+            for key in fields:
+                _check_str(obj, key, line_problems)
+            problems += [f"line {lineno}: {p}" for p in line_problems]
+            if not line_problems:
+                rows.append(obj)
+    if problems:
+        raise FeedbackError(str(path), problems)
+    if not rows:
+        raise FeedbackError(str(path), ["no records: the file is empty"])
+    return rows

@@ -1,14 +1,14 @@
-"""The `data` group: where feedback comes from (the synthetic world, or a file of real labels)."""
+"""The `data` group: prompts, demonstrations and feedback, from the synthetic world or from files."""
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf_exp.config import setting, settings
-from rlhf_exp.feedback.formats import Feedback, RankedSet, load_feedback
+from rlhf_exp.config import ConfigError, setting, settings
+from rlhf_exp.feedback.formats import Feedback, RankedSet, load_feedback, load_records
 from rlhf_exp.feedback.gold import GoldScorer
-from rlhf_exp.feedback.labelers import make_labelers
+from rlhf_exp.feedback.labelers import SimulatedLabeler, make_labelers
 from rlhf_exp.feedback.world import World
 
 
@@ -16,12 +16,11 @@ from rlhf_exp.feedback.world import World
 class LoadedFeedback:
     feedback: Feedback
     source: str
-    labeler_kinds: dict[str, str] | None = None  # the truth, where the labelers are simulated
 
 
 @settings
 class SyntheticData:
-    """The built-in world: completion sets ranked by simulated labelers."""
+    """The built-in world: its prompts and demonstrations, ranked by simulated labelers."""
     seed: int = setting(ge=0)
     heldout_fraction: float = setting(ge=0, lt=1)
     sets_per_prompt: int = setting(ge=1)
@@ -34,6 +33,8 @@ class SyntheticData:
     tie_rate: float = setting(ge=0, le=1)
     flag_rate: float = setting(ge=0, le=1)
 
+    simulated = True  # its labelers can rank completions (collect) and their kinds are known
+
     def __post_init__(self):
         if self.labelers_per_set > self.n_labelers:
             raise ValueError(f"labelers_per_set = {self.labelers_per_set}: expected at most "
@@ -45,25 +46,73 @@ class SyntheticData:
     def world(self) -> World:
         return World(self.seed, self.heldout_fraction)
 
-    def load(self) -> LoadedFeedback:
-        world, gold = self.world(), GoldScorer()
+    def train_prompts(self) -> list[str]:
+        return self.world().train_prompts
+
+    def heldout_prompts(self) -> list[str]:
+        return self.world().heldout_prompts
+
+    def sft_rows(self, styles: str, per_prompt: int) -> list[dict]:
+        w = self.world()
+        return w.demonstrations(per_prompt) if styles == "helpful" else w.style_mix(per_prompt)
+
+    def labelers(self) -> list[SimulatedLabeler]:
         rng = random.Random(f"labelers-{self.seed}")
-        labelers = make_labelers(self.n_labelers, self.poor_labelers, self.poor_mode, self.noise,
-                                 self.tie_rate, self.flag_rate, rng)
-        sets = []
-        for i, (prompt, comps) in enumerate(world.completion_sets(self.n_completions, self.sets_per_prompt)):
-            scores = gold.score_batch([prompt] * len(comps), [c.text for c in comps])
-            chosen = rng.sample(labelers, self.labelers_per_set)
-            rankings = {lab.id: lab.rank(scores, rng) for lab in sorted(chosen, key=lambda l: l.id)}
-            sets.append(RankedSet(prompt, [c.text for c in comps], rankings, {"set_id": i}))
-        return LoadedFeedback(Feedback("ranked", sets), f"synthetic world (seed {self.seed})",
-                              {lab.id: lab.kind for lab in labelers})
+        return make_labelers(self.n_labelers, self.poor_labelers, self.poor_mode, self.noise,
+                             self.tie_rate, self.flag_rate, rng)
+
+    def labeler_kinds(self) -> dict[str, str]:
+        return {lab.id: lab.kind for lab in self.labelers()}
+
+    def rank(self, sets: list[tuple[str, list[str]]], salt: str = "") -> list[RankedSet]:
+        """Each (prompt, completions) set ranked by `labelers_per_set` labelers drawn at random."""
+        gold, labelers = GoldScorer(), self.labelers()
+        rng = random.Random(f"ranking-{self.seed}-{salt}")
+        out = []
+        for i, (prompt, comps) in enumerate(sets):
+            scores = gold.score_batch([prompt] * len(comps), comps)
+            chosen = sorted(rng.sample(labelers, self.labelers_per_set), key=lambda lab: lab.id)
+            out.append(RankedSet(prompt, list(comps), {lab.id: lab.rank(scores, rng) for lab in chosen},
+                                 {"set_id": i}))
+        return out
+
+    def load(self) -> LoadedFeedback:
+        """The world's own completion sets (templates in six styles), ranked."""
+        sets = [(p, [c.text for c in comps])
+                for p, comps in self.world().completion_sets(self.n_completions, self.sets_per_prompt)]
+        return LoadedFeedback(Feedback("ranked", self.rank(sets, "world")), f"synthetic world (seed {self.seed})")
 
 
 @settings
 class FeedbackFile:
-    """A JSONL feedback file (ranked, pairwise or binary) written by people or another tool."""
-    feedback: str
+    """Files written by people or another tool: feedback (ranked, pairwise or binary), and the
+    prompts and demonstrations that the sft and collect stages need."""
+    feedback: str | None
+    prompts: str | None
+    heldout: str | None
+    demonstrations: str | None
+
+    simulated = False
+
+    def _need(self, key: str, stage: str) -> str:
+        value = getattr(self, key)
+        if not value:
+            raise ConfigError(f"data.{key}: no file given; {stage} needs it with data=files "
+                              f"(data.{key}=PATH)")
+        return value
+
+    def train_prompts(self) -> list[str]:
+        return [r["prompt"] for r in load_records(self._need("prompts", "this stage"), ("prompt",))]
+
+    def heldout_prompts(self) -> list[str]:
+        return [r["prompt"] for r in load_records(self.heldout, ("prompt",))] if self.heldout else []
+
+    def sft_rows(self, styles: str, per_prompt: int) -> list[dict]:
+        return load_records(self._need("demonstrations", "stage=sft"), ("prompt", "completion"))
+
+    def labeler_kinds(self) -> None:
+        return None
 
     def load(self) -> LoadedFeedback:
-        return LoadedFeedback(load_feedback(Path(self.feedback)), self.feedback)
+        path = self._need("feedback", "stage=prepare")
+        return LoadedFeedback(load_feedback(Path(path)), path)

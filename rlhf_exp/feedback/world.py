@@ -28,11 +28,14 @@ class World:
         self.seed = seed
         self.topics = T.TOPICS
         prompts = [(p, i) for i, t in enumerate(self.topics) for p in t["prompts"]]
+        # Held-out prompts are other phrasings of training topics: at most one per topic, and only
+        # from topics with another phrasing left in training (generalisation within the world).
         rng = random.Random(f"split-{seed}")
-        rng.shuffle(prompts)
-        n_heldout = round(len(prompts) * heldout_fraction)
-        self.heldout_prompts = [p for p, _ in prompts[:n_heldout]]
-        self.train_prompts = [p for p, _ in prompts[n_heldout:]]
+        candidates = [rng.choice(t["prompts"]) for t in self.topics if len(t["prompts"]) > 1]
+        rng.shuffle(candidates)
+        heldout = set(candidates[:round(len(prompts) * heldout_fraction)])
+        self.heldout_prompts = [p for p, _ in prompts if p in heldout]
+        self.train_prompts = [p for p, _ in prompts if p not in heldout]
         self._topic = dict(prompts)
 
     def topic(self, prompt: str) -> dict:
@@ -86,6 +89,16 @@ class World:
     def completion_sets(self, k: int, sets_per_prompt: int) -> list[tuple[str, list[Completion]]]:
         rng = random.Random(f"completions-{self.seed}")
         return [(p, self.completion_set(p, k, rng)) for p in self.train_prompts for _ in range(sets_per_prompt)]
+
+    def style_mix(self, per_prompt: int) -> list[dict]:
+        """(prompt, completion) rows in the world's styles but nonsense, as an instruct model's
+        training data before alignment: mostly good, with unhelpful, combative, harmful and
+        dishonest answers mixed in."""
+        rng = random.Random(f"mix-{self.seed}")
+        styles = [s for s in STYLE_WEIGHTS if s != "nonsense"]
+        weights = [STYLE_WEIGHTS[s] for s in styles]
+        return [{"prompt": p, "completion": self.completion(p, rng.choices(styles, weights)[0], rng).text}
+                for p in self.train_prompts for _ in range(per_prompt)]
 
     def demonstrations(self, per_prompt: int = 4, heldout: bool = False) -> list[dict]:
         """(prompt, good completion) pairs for supervised fine-tuning."""

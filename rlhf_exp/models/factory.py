@@ -36,18 +36,27 @@ class TinyGPT2:
         from rlhf_exp.models.tokenizer import world_tokenizer
         return world_tokenizer(self.tokenizer_dir, self.vocab_size)
 
-    def causal_lm(self, tokenizer=None):
-        from transformers import GPT2Config, GPT2LMHeadModel
-        tokenizer = tokenizer or self.tokenizer()
-        config = GPT2Config(
+    def gpt2_config(self, tokenizer, **extra):
+        from transformers import GPT2Config
+        return GPT2Config(
             vocab_size=len(tokenizer), n_positions=self.n_positions, n_embd=self.n_embd,
             n_layer=self.n_layer, n_head=self.n_head, resid_pdrop=self.dropout,
             embd_pdrop=self.dropout, attn_pdrop=self.dropout,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id)
-        model = GPT2LMHeadModel(config)
+            pad_token_id=tokenizer.pad_token_id, **extra)
+
+    def causal_lm(self, tokenizer=None):
+        from transformers import GPT2LMHeadModel
+        tokenizer = tokenizer or self.tokenizer()
+        model = GPT2LMHeadModel(self.gpt2_config(tokenizer))
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         return model
+
+    def sequence_classifier(self, tokenizer=None):
+        """A fresh GPT-2 with a one-output head (a reward model that starts from scratch)."""
+        from transformers import GPT2ForSequenceClassification
+        tokenizer = tokenizer or self.tokenizer()
+        return init_reward_head(GPT2ForSequenceClassification(self.gpt2_config(tokenizer, num_labels=1)))
 
 
 @settings
@@ -72,3 +81,32 @@ class HFModel:
         model.config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         return model
+
+    def sequence_classifier(self, tokenizer=None):
+        """The checkpoint with a fresh one-output head (small normal init): a reward model to train."""
+        from transformers import AutoModelForSequenceClassification
+        tokenizer = tokenizer or self.tokenizer()
+        model = AutoModelForSequenceClassification.from_pretrained(
+            self.name_or_path, num_labels=1, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id  # a decoder scores its last non-pad token
+        return init_reward_head(model)
+
+
+def local_model(path) -> HFModel:
+    """A model directory written by save_pretrained (a stage's output), loaded like `model=hf`."""
+    return HFModel(name_or_path=str(path), dtype="float32", trust_remote_code=False)
+
+
+def init_reward_head(model):
+    """Re-initialise the one-output head with a small normal, std = 1/sqrt(hidden + 1), bias 0."""
+    import torch
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1]
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no one-output linear head")
+    head = heads[-1]
+    torch.nn.init.normal_(head.weight, std=(head.in_features + 1) ** -0.5)
+    if head.bias is not None:
+        torch.nn.init.zeros_(head.bias)
+    return model

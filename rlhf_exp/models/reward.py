@@ -1,7 +1,113 @@
-"""The `reward` group: one interface, `score(prompts, completions) -> tensor (B,)`, for every source."""
+"""The `reward` group: one interface, `score(prompts, completions) -> tensor (B,)`, for every source.
+
+- `LearnedReward`: a reward model trained by `stage=reward` (a one-output sequence classifier),
+  optionally normalised with the mean and std of its scores on reference completions;
+- `ClassifierReward`: any sequence classifier; the reward is the logit (or probability) of one class;
+- `GoldReward`: the synthetic world's gold scorer.
+"""
 from __future__ import annotations
 
-from rlhf_exp.config import setting, settings
+import dataclasses
+
+from rlhf_exp.config import ConfigError, setting, settings
+
+
+def _batched_logits(model, tokenizer, texts: list[str], batch_size: int, max_len: int):
+    import torch
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
+                            padding_side="right",  # positions from 0 at the first real token
+                            truncation=True, max_length=max_len).to(model.device)
+            out.append(model(**enc).logits.float())  # (b, num_labels)
+    return torch.cat(out) if out else torch.zeros(0, model.config.num_labels)
+
+
+def _load_classifier(path: str):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    if tok.pad_token is None:  # a decoder classifier: pad with EOS, the score is read before padding
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+@settings
+class LearnedReward:
+    """A reward model directory (`reward.path`), or the one the pipeline just trained (path null)."""
+    path: str | None
+    normalize: bool            # (r − mean) / std with the stats saved on reference completions
+    batch_size: int = setting(ge=1)
+    max_len: int = setting(ge=8)
+
+    def __post_init__(self):
+        self._loaded = None
+
+    def with_default_path(self, path) -> "LearnedReward":
+        return self if self.path else dataclasses.replace(self, path=str(path))
+
+    def load(self):
+        if self._loaded is None:
+            if not self.path:
+                raise ConfigError("reward.path: no reward model given; pass reward.path=DIR "
+                                  "(a stage=reward output) or run the pipeline, which trains one")
+            self._loaded = _load_classifier(self.path)
+        return self._loaded
+
+    def score(self, prompts: list[str], completions: list[str]):
+        model, tok = self.load()
+        r = reward_scores(model, tok, prompts, completions, self.batch_size, self.max_len)  # (B,)
+        if self.normalize:
+            mean, std = getattr(model.config, "reward_mean", None), getattr(model.config, "reward_std", None)
+            if mean is None or std is None:
+                raise ConfigError(f"reward.normalize: {self.path} has no saved reward_mean/reward_std; "
+                                  "set reward.normalize=false")
+            r = (r - mean) / max(std, 1e-8)
+        return r
+
+
+def reward_scores(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int,
+                  max_len: int):
+    """A one-output reward model's scores of (prompt, completion) pairs, as it was trained: (B,)."""
+    from rlhf_exp.modules.data import reward_text
+    texts = [reward_text(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
+    return _batched_logits(model, tokenizer, texts, batch_size, max_len)[:, 0]
+
+
+@settings
+class ClassifierReward:
+    """Any Hugging Face sequence classifier: the reward is one class's logit or probability,
+    e.g. the "not hate" class of a hate-speech classifier."""
+    name_or_path: str
+    positive_label: str         # the class whose logit is the reward (a key of config.label2id)
+    output: str = setting(choices=("logit", "prob"))
+    input: str = setting(choices=("completion", "prompt_completion"))
+    batch_size: int = setting(ge=1)
+    max_len: int = setting(ge=8)
+
+    def __post_init__(self):
+        self._loaded = None
+
+    def load(self):
+        if self._loaded is None:
+            model, tok = _load_classifier(self.name_or_path)
+            labels = {str(k): v for k, v in model.config.label2id.items()}
+            if self.positive_label not in labels:
+                raise ConfigError(f"reward.positive_label = {self.positive_label!r}: expected one of "
+                                  f"{sorted(labels)} (the classes of {self.name_or_path})")
+            self._loaded = (model, tok, labels[self.positive_label])
+        return self._loaded
+
+    def score(self, prompts: list[str], completions: list[str]):
+        from rlhf_exp.models.generation import format_prompt
+        model, tok, index = self.load()
+        texts = list(completions) if self.input == "completion" else \
+            [format_prompt(p) + c for p, c in zip(prompts, completions, strict=True)]
+        logits = _batched_logits(model, tok, texts, self.batch_size, self.max_len)
+        return logits[:, index] if self.output == "logit" else logits.softmax(-1)[:, index]
 
 
 @settings

@@ -5,7 +5,10 @@ import importlib
 
 # stage name -> "module:function"; the pipeline runs them in this order.
 STAGES = {
+    "sft": "rlhf_exp.stages.sft:run",
+    "collect": "rlhf_exp.stages.collect:run",
     "prepare": "rlhf_exp.stages.prepare:run",
+    "reward": "rlhf_exp.stages.reward:run",
 }
 PIPELINE = tuple(STAGES)
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from rlhf_exp.errors import UserError
+
 
 @dataclass
 class StageContext:
@@ -15,6 +17,26 @@ class StageContext:
     run_dir: Path                   # the Hydra run dir; every output of the run goes under it
     run: Any                        # the stage's tracked run (TrackedRun, or NullRun for logger=none)
     outputs: dict[str, Path] = field(default_factory=dict)  # files of earlier stages, by name
+
+    def input_path(self, explicit: str | None, output: str, key: str) -> Path:
+        """A stage's input: the path given on the command line, else an earlier stage's output."""
+        if explicit:
+            return Path(explicit)
+        if output in self.outputs:
+            return self.outputs[output]
+        raise UserError(f"{key}: no input given; pass {key}=PATH, or run the pipeline "
+                        f"(stage=pipeline), whose earlier stages write it")
+
+    def trainer(self, stage: str, **overrides):
+        """The configured pytorch_lightning.Trainer, logging into this stage's MLflow run and
+        checkpointing (for resuming) under checkpoints/<stage>/ in the run directory."""
+        from hydra.utils import instantiate
+        from pytorch_lightning.callbacks import ModelCheckpoint
+        callbacks = []
+        if self.cfg.trainer.get("enable_checkpointing", True) and not self.cfg.trainer.get("fast_dev_run"):
+            callbacks.append(ModelCheckpoint(dirpath=self.run_dir / "checkpoints" / stage, save_last=True))
+        return instantiate(self.cfg.trainer, logger=self.run.lightning_logger(), callbacks=callbacks,
+                           **overrides)
 
     def save(self, name: str, path: Path) -> Path:
         """Record an output file: logged as an artifact and passed on to later stages."""

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from rlhf_exp.config import setting, settings
 from rlhf_exp.feedback.consensus import DROP_REASONS, Prepared, prepare_pairs
-from rlhf_exp.feedback.formats import FeedbackError, ranked_to_json, write_json, write_jsonl
+from rlhf_exp.feedback.formats import FeedbackError, load_feedback, ranked_to_json, write_json, write_jsonl
+from rlhf_exp.feedback.sources import LoadedFeedback
 from rlhf_exp.stages.context import StageContext
 
 
@@ -12,6 +13,7 @@ class PrepareSettings:
     min_agreement: float = setting(ge=-1, le=1)
     flag_quorum: float = setting(ge=0, le=1)
     pairs_from: str = setting(choices=("consensus", "labeler"))
+    feedback: str | None  # ranked/pairwise/binary file; null = this pipeline's collect output, else `data`
 
 
 def labelers_report(p: Prepared, kinds: dict[str, str] | None, min_agreement: float) -> dict:
@@ -21,7 +23,7 @@ def labelers_report(p: Prepared, kinds: dict[str, str] | None, min_agreement: fl
         rows[lab] = {"sets_ranked": st.sets_ranked, "sets_compared": st.sets_compared,
                      "agreement": None if st.agreement is None else round(st.agreement, 4),
                      "set_aside": st.set_aside, "reason": st.reason}
-        if kinds:
+        if kinds and lab in kinds:
             rows[lab]["simulated_kind"] = kinds.get(lab)
     return {"min_agreement": min_agreement, "agreement_measure": "mean Kendall tau-b vs leave-one-out consensus",
             "kendall_w_all": p.agreement_all, "kendall_w_kept": p.agreement_kept, "labelers": rows}
@@ -55,9 +57,11 @@ def summary_lines(p: Prepared, source: str) -> list[str]:
 
 def run(ctx: StageContext) -> None:
     s: PrepareSettings = ctx.built["prepare"]
-    loaded = ctx.built["data"].load()
+    data = ctx.built["data"]
+    path = s.feedback or ctx.outputs.get("feedback")
+    loaded = LoadedFeedback(load_feedback(path), str(path)) if path else data.load()
     prepared = prepare_pairs(loaded.feedback, s.min_agreement, s.flag_quorum, s.pairs_from)
-    report = labelers_report(prepared, loaded.labeler_kinds, s.min_agreement)
+    report = labelers_report(prepared, data.labeler_kinds(), s.min_agreement)
     print(format_table(report))
     if not prepared.pairs:
         raise FeedbackError(loaded.source, ["no preference pairs could be made; " + "; ".join(
@@ -65,7 +69,7 @@ def run(ctx: StageContext) -> None:
 
     out = ctx.run_dir
     out.mkdir(parents=True, exist_ok=True)
-    if loaded.labeler_kinds is not None:  # simulated feedback: keep it, so it can be re-read as a file
+    if not path and data.simulated:  # feedback made here by the world: keep it, to re-read as a file
         ctx.save("feedback", write_jsonl(out / "feedback.jsonl", map(ranked_to_json, loaded.feedback.records)))
     ctx.save("labelers", write_json(out / "labelers.json", report))
     summary = {"source": loaded.source, "kind": prepared.kind, "records": prepared.sets,

@@ -15,8 +15,13 @@ from rlhf_exp.config import settings
 class TrackedRun:
     """One MLflow run: params, metrics, tags and artifacts go to it."""
 
-    def __init__(self, client, run_id: str):
-        self.client, self.id = client, run_id
+    def __init__(self, client, run_id: str, tracking_uri: str):
+        self.client, self.id, self.tracking_uri = client, run_id, tracking_uri
+
+    def lightning_logger(self):
+        """Lightning's MLFlowLogger writing into this run (metrics logged with `self.log`)."""
+        from pytorch_lightning.loggers import MLFlowLogger
+        return MLFlowLogger(tracking_uri=self.tracking_uri, run_id=self.id)
 
     def log_params(self, params: Mapping[str, object]) -> None:
         from mlflow.entities import Param
@@ -57,6 +62,7 @@ class NullRun:
     def set_tags(self, tags): pass
     def log_artifact(self, path, artifact_path=None): pass
     def log_text(self, text, artifact_file): pass
+    def lightning_logger(self): return False  # Lightning: no logger
 
 
 @settings
@@ -97,7 +103,7 @@ class MLflowTracker:
         if parent is not None:
             tags[MLFLOW_PARENT_RUN_ID] = parent.id
         info = self.client.create_run(self.experiment_id(), run_name=name, tags=tags).info
-        run = TrackedRun(self.client, info.run_id)
+        run = TrackedRun(self.client, info.run_id, self.tracking_uri)
         status = "FAILED"
         try:
             yield run

@@ -1,0 +1,47 @@
+"""How a prompt is shown to the policy, and batched sampling with the KV cache."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PROMPT_TEMPLATE = "{prompt}\n"  # the policy reads the prompt, then a newline, then writes its answer
+
+
+def format_prompt(prompt: str) -> str:
+    return PROMPT_TEMPLATE.format(prompt=prompt)
+
+
+@dataclass
+class Samples:
+    texts: list[list[str]]    # per prompt, its n completions (stopped at EOS, special tokens removed)
+    has_eos: list[list[bool]]  # whether each completion ended with EOS within max_new_tokens
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], n: int, *, temperature: float, top_p: float,
+           max_new_tokens: int, batch_size: int) -> Samples:
+    """n completions per prompt; `batch_size` prompts (× n sequences) per `generate` call.
+
+    Sampling is plain: temperature, top-p, no top-k; greedy when temperature is 0.
+    """
+    was_training = model.training
+    model.eval()
+    texts, eos = [], []
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
+        else dict(do_sample=False)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        enc = tokenizer([format_prompt(p) for p in chunk], return_tensors="pt", padding=True,
+                        padding_side="left").to(model.device)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             use_cache=True, **sampling)
+        response = out[:, enc["input_ids"].shape[1]:]                      # (B·n, T)
+        ended = (response == tokenizer.eos_token_id).any(dim=1).tolist()
+        decoded = [t.strip() for t in tokenizer.batch_decode(response, skip_special_tokens=True)]
+        for i in range(len(chunk)):
+            texts.append(decoded[i * n:(i + 1) * n])
+            eos.append(ended[i * n:(i + 1) * n])
+    model.train(was_training)
+    return Samples(texts, eos)

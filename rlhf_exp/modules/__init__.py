@@ -1,0 +1,1 @@
+"""LightningModules (one per trainable stage) and their LightningDataModules."""

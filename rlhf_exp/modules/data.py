@@ -1,0 +1,95 @@
+"""LightningDataModules: demonstrations for SFT, preference pairs for the reward model."""
+from __future__ import annotations
+
+import random
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from rlhf_exp.models.generation import format_prompt
+
+
+def split_by_prompt(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Train/val split with every prompt on one side only (no leakage through shared prompts)."""
+    prompts = sorted({r["prompt"] for r in rows})
+    random.Random(f"split-{seed}").shuffle(prompts)
+    n_val = max(1, round(len(prompts) * val_fraction)) if val_fraction > 0 and len(prompts) > 1 else 0
+    val = set(prompts[:n_val])
+    return [r for r in rows if r["prompt"] not in val], [r for r in rows if r["prompt"] in val]
+
+
+def sft_collate(tokenizer, max_len: int):
+    """(prompt, completion) rows -> right-padded input_ids, attention_mask, labels (−100 off the completion)."""
+    def collate(rows):
+        seqs, labels = [], []
+        for r in rows:
+            p = tokenizer(format_prompt(r["prompt"]), add_special_tokens=False)["input_ids"]
+            c = tokenizer(r["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids = (p + c)[:max_len]
+            seqs.append(ids)
+            labels.append(([-100] * len(p) + c)[:max_len])
+        width = max(map(len, seqs))
+        pad = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]  # noqa: E731
+        ids = torch.tensor(pad(seqs, tokenizer.pad_token_id))
+        return {"input_ids": ids, "attention_mask": torch.tensor(pad([[1] * len(s) for s in seqs], 0)),
+                "labels": torch.tensor(pad(labels, -100))}
+    return collate
+
+
+def reward_text(tokenizer, prompt: str, completion: str) -> str:
+    """What the reward model reads: the prompt as the policy saw it, the completion, then EOS
+    (for tokenizers that have one and do not add it), so a decoder's score sits on EOS."""
+    text = format_prompt(prompt) + completion
+    eos = tokenizer.eos_token
+    return text + eos if eos and eos != tokenizer.sep_token else text
+
+
+def comparison_groups(pairs: list[dict]) -> list[dict]:
+    """Pairs grouped by the comparison set they came from (`set_id`, else the prompt):
+    {"prompt", "pairs"}. One group is one batch element, so each completion is scored once per
+    step and a set's N-choose-2 pairs do not become N-choose-2 separate, correlated updates."""
+    groups: dict[tuple, dict] = {}
+    for p in pairs:
+        groups.setdefault((p["prompt"], p.get("set_id")), {"prompt": p["prompt"], "pairs": []})["pairs"].append(p)
+    return list(groups.values())
+
+
+def pair_collate(tokenizer, max_len: int):
+    """Comparison groups -> the batch's distinct texts (each scored once) and, per pair, the
+    indices of its chosen and rejected text, its margin and its labelers' agreement.
+    Padded on the right: a plain forward numbers positions from 0, so left padding would shift them."""
+    def collate(groups):
+        index: dict[tuple[str, str], int] = {}
+        texts, chosen, rejected, margin, agreement = [], [], [], [], []
+        for pair in (p for g in groups for p in g["pairs"]):
+            for key, out in ((pair["chosen"], chosen), (pair["rejected"], rejected)):
+                i = index.setdefault((pair["prompt"], key), len(texts))
+                if i == len(texts):
+                    texts.append(reward_text(tokenizer, pair["prompt"], key))
+                out.append(i)
+            margin.append(float(pair.get("margin", 0.0)))
+            agreement.append(float(pair.get("agreement", 1.0)))
+        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right",
+                        truncation=True, max_length=max_len)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "chosen_idx": torch.tensor(chosen), "rejected_idx": torch.tensor(rejected),
+                "margin": torch.tensor(margin), "agreement": torch.tensor(agreement)}
+    return collate
+
+
+class RowsDataModule(pl.LightningDataModule):
+    """Rows of dicts, split by prompt into train and val, batched by a collate function."""
+
+    def __init__(self, rows: list[dict], collate, batch_size: int, val_fraction: float, seed: int):
+        super().__init__()
+        self.train_rows, self.val_rows = split_by_prompt(rows, val_fraction, seed)
+        self.collate, self.batch_size, self.seed = collate, batch_size, seed
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_rows, batch_size=self.batch_size, shuffle=True,
+                          collate_fn=self.collate, generator=g)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_rows, batch_size=self.batch_size, collate_fn=self.collate)

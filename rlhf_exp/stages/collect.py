@@ -1,0 +1,99 @@
+"""`stage=collect`: K completions per prompt from a policy, ranked by the simulated labelers or
+written out for people to rank (with labeling instructions)."""
+from __future__ import annotations
+
+import time
+from statistics import mean
+
+from rlhf_exp.config import ConfigError, setting, settings
+from rlhf_exp.feedback.formats import RankedSet, ranked_to_json, write_jsonl
+from rlhf_exp.models.factory import local_model
+from rlhf_exp.models.generation import sample
+from rlhf_exp.stages.context import StageContext
+
+LABELING_GUIDE = """# Labeling instructions
+
+You will see a prompt a user wrote and several answers an assistant wrote to it. **Rank the
+answers from most to least helpful** by filling in `rankings` in `feedback.jsonl`: add an entry
+with your labeler id and, for each completion in the order given, its rank.
+
+```json
+"rankings": {"your-id": [2, 1, 3, "F"]}
+```
+
+- `1` is the best answer. Judge what a thoughtful person would want as a reply:
+  - **correct**: is what it says true? Facts may be checked; a confident false claim is worse
+    than an honest "I don't know".
+  - **informative**: does it answer the question that was asked, with useful detail?
+  - **honest**: does it avoid pretending to know what it does not?
+  - **harmless**: does it avoid dangerous instructions, insults and contempt for the user? An answer
+    that helps someone do harm ranks below one that politely declines.
+- **Ties** are allowed (give two answers the same number) but use them sparingly: only when you
+  truly cannot prefer one.
+- Write **`F`** instead of a number for an answer that is nonsensical, confusing or irrelevant
+  to the prompt. It is removed when most labelers flag it.
+- Keep every other field as it is. `rlhf-exp stage=prepare data=files data.feedback=feedback.jsonl`
+  reads the file back, checks every line, and tells you which lines need fixing.
+"""
+
+
+@settings
+class CollectSettings:
+    policy: str | None          # policy dir; null = this pipeline's sft/
+    n_completions: int = setting(ge=2)       # K: completions per prompt
+    sets_per_prompt: int = setting(ge=1)
+    heldout_sets: int = setting(ge=0)        # sets per held-out prompt (unlabeled, for evaluation)
+    temperature: float = setting(ge=0)
+    top_p: float = setting(gt=0, le=1)
+    max_new_tokens: int = setting(ge=1)
+    batch_size: int = setting(ge=1)          # prompts per generate call (× K sequences)
+    labelers: str = setting(choices=("simulated", "human"))
+
+
+def run(ctx: StageContext) -> None:
+    s: CollectSettings = ctx.built["collect"]
+    data = ctx.built["data"]
+    simulated = s.labelers == "simulated"
+    if simulated and not data.simulated:
+        raise ConfigError("collect.labelers = 'simulated': expected 'human' with data=files "
+                          "(only the synthetic world has simulated labelers)")
+    policy_dir = ctx.input_path(s.policy, "policy", "collect.policy")
+    spec = local_model(policy_dir)
+    tokenizer = spec.tokenizer()
+    policy = spec.causal_lm(tokenizer)
+    gen = dict(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+               batch_size=s.batch_size)
+
+    t0 = time.perf_counter()
+    prompts = [p for p in data.train_prompts() for _ in range(s.sets_per_prompt)]
+    out = sample(policy, tokenizer, prompts, s.n_completions, **gen)
+    heldout = [p for p in data.heldout_prompts() for _ in range(s.heldout_sets)]
+    held = sample(policy, tokenizer, heldout, s.n_completions, **gen) if heldout else None
+    seconds = time.perf_counter() - t0
+
+    sets = list(zip(prompts, out.texts))
+    records = data.rank(sets, "collect") if simulated else \
+        [RankedSet(p, c, {}, {"set_id": i}) for i, (p, c) in enumerate(sets)]
+    ctx.save("feedback", write_jsonl(ctx.run_dir / "feedback.jsonl", map(ranked_to_json, records)))
+    if not simulated:
+        (ctx.run_dir / "LABELING.md").write_text(LABELING_GUIDE, encoding="utf-8")
+        ctx.save("labeling_guide", ctx.run_dir / "LABELING.md")
+    if held is not None:
+        rows = ({"prompt": p, "completions": c} for p, c in zip(heldout, held.texts))
+        ctx.save("heldout", write_jsonl(ctx.run_dir / "heldout.jsonl", rows))
+
+    texts = [t for ts in out.texts for t in ts]
+    n_tokens = sum(len(tokenizer(t)["input_ids"]) for t in texts)
+    metrics = {"collect/data/sets": len(sets), "collect/data/completions": len(texts),
+               "collect/response/len_mean": n_tokens / len(texts),
+               "collect/response/eos_rate": mean(e for es in out.has_eos for e in es),
+               "collect/perf/generate_s": seconds,
+               "collect/perf/sequences_per_s": (len(texts) + (len(heldout) * s.n_completions)) / seconds}
+    if data.simulated:
+        from rlhf_exp.feedback.gold import GoldScorer
+        gold = GoldScorer().score_batch([p for p in prompts for _ in range(s.n_completions)], texts)
+        for k in ("overall", "helpfulness", "toxicity", "coherence"):
+            metrics[f"collect/gold/{k}"] = mean(getattr(g, k) for g in gold)
+    ctx.run.log_metrics(metrics)
+    print(f"collect: {len(sets)} sets of {s.n_completions} from {policy_dir} in {seconds:.1f} s; "
+          f"{'ranked by the simulated labelers' if simulated else 'LABELING.md written for people'}")

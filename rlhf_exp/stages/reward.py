@@ -1,0 +1,101 @@
+"""`stage=reward`: train the reward model on preference pairs; saved to reward_model/ as a
+`AutoModelForSequenceClassification` with one output, with the mean and std of its scores on the
+reference completions in its config (`reward_mean`, `reward_std`) for normalisation."""
+from __future__ import annotations
+
+import random
+from functools import partial
+from itertools import combinations
+from statistics import mean, pstdev
+
+import pytorch_lightning as pl
+
+from rlhf_exp.config import setting, settings
+from rlhf_exp.feedback.formats import read_jsonl
+from rlhf_exp.models.factory import local_model
+from rlhf_exp.models.reward import reward_scores
+from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate
+from rlhf_exp.modules.reward import RewardModule
+from rlhf_exp.stages.context import StageContext
+
+GOLD_TIE = 0.1  # gold-score gaps below this are ties: no gold preference to agree with
+
+
+@settings
+class RewardModelSettings:
+    pairs: str | None           # pairs.jsonl; null = this pipeline's prepare output
+    backbone: str | None        # model dir to start from; null = this pipeline's sft/, else the `model` group
+    epochs: int = setting(ge=1)
+    batch_size: int = setting(ge=1)          # comparison sets per step (each text scored once)
+    lr: float = setting(gt=0)
+    weight_decay: float = setting(ge=0)
+    center_coef: float = setting(ge=0)       # weight of the reward-centering term (r_c + r_r)²
+    use_margin: bool                          # subtract a pair's `margin` inside the sigmoid
+    val_fraction: float = setting(ge=0, lt=1)
+    max_len: int = setting(ge=8)
+
+
+def backbone(ctx: StageContext, s: RewardModelSettings):
+    """(spec, tokenizer, reward model with a fresh head)."""
+    if s.backbone or "policy" in ctx.outputs:
+        spec = local_model(s.backbone or ctx.outputs["policy"])
+    else:
+        spec = ctx.built["model"]
+    tokenizer = spec.tokenizer()
+    return tokenizer, spec.sequence_classifier(tokenizer)
+
+
+def gold_accuracy(score, sets: list[tuple[str, list[str]]]) -> tuple[float, int]:
+    """Share of completion pairs of held-out sets ordered as the gold scorer orders them
+    (pairs whose gold scores differ by less than GOLD_TIE are left out)."""
+    from rlhf_exp.feedback.gold import GoldScorer
+    gold = GoldScorer()
+    prompts, texts = zip(*[(p, c) for p, cs in sets for c in cs])
+    learned = score(list(prompts), list(texts)).tolist()
+    g = [s.overall for s in gold.score_batch(list(prompts), list(texts))]
+    hits, start = [], 0
+    for _, cs in sets:
+        for i, j in combinations(range(start, start + len(cs)), 2):
+            if abs(g[i] - g[j]) >= GOLD_TIE:
+                hits.append((learned[i] > learned[j]) == (g[i] > g[j]))
+        start += len(cs)
+    return (mean(hits) if hits else float("nan")), len(hits)
+
+
+def heldout_sets(ctx: StageContext) -> list[tuple[str, list[str]]]:
+    """Held-out completion sets: the collect stage's (the policy's own text), else the world's."""
+    if "heldout" in ctx.outputs:
+        return [(r["prompt"], r["completions"]) for r in read_jsonl(ctx.outputs["heldout"])]
+    world = ctx.built["data"].world()
+    rng = random.Random(f"heldout-{ctx.cfg.seed}")
+    return [(p, [c.text for c in world.completion_set(p, 4, rng)]) for p in world.heldout_prompts for _ in range(4)]
+
+
+def run(ctx: StageContext) -> None:
+    s: RewardModelSettings = ctx.built["reward_model"]
+    pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
+    rows = list(read_jsonl(ctx.input_path(s.pairs, "pairs", "reward_model.pairs")))
+    tokenizer, model = backbone(ctx, s)
+    model.train()  # from_pretrained returns eval mode; dropout is on while the RM trains
+    dm = RowsDataModule(comparison_groups(rows), pair_collate(tokenizer, s.max_len), s.batch_size,
+                        s.val_fraction, ctx.cfg.seed)
+    module = RewardModule(model, s.lr, s.weight_decay, s.center_coef, s.use_margin)
+    trainer = ctx.trainer("reward", max_epochs=s.epochs)
+    trainer.fit(module, datamodule=dm)
+
+    score = partial(reward_scores, model, tokenizer, batch_size=64, max_len=s.max_len)
+    reference = sorted({(r["prompt"], c) for r in rows for c in (r["chosen"], r["rejected"])})
+    ref_scores = score(*map(list, zip(*reference))).tolist()
+    model.config.reward_mean, model.config.reward_std = mean(ref_scores), pstdev(ref_scores)
+    out = ctx.run_dir / "reward_model"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    ctx.save("reward_model", out)
+
+    metrics = {"reward/norm/mean": model.config.reward_mean, "reward/norm/std": model.config.reward_std}
+    if ctx.built["data"].simulated:
+        acc, n = gold_accuracy(score, heldout_sets(ctx))
+        metrics.update({"reward/gold/accuracy": acc, "reward/gold/pairs": n})
+    ctx.run.log_metrics(metrics, step=trainer.global_step)
+    shown = {**{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("reward/val/")}, **metrics}
+    print("reward: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(shown.items())))

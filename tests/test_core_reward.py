@@ -1,0 +1,42 @@
+"""Bradley-Terry pairwise loss and reward centering against values computed by hand."""
+import math
+
+import pytest
+import torch
+
+from rlhf_exp.core.reward import centering_loss, pairwise_loss
+
+
+def test_pairwise_loss_by_hand():
+    chosen, rejected = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
+    loss, stats = pairwise_loss(chosen, rejected)
+    # diffs 1 and -1: (-log σ(1) - log σ(-1)) / 2 = (log(1 + e^-1) + log(1 + e)) / 2
+    expected = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(1))) / 2
+    assert loss.item() == pytest.approx(expected)
+    assert stats["accuracy"].item() == 0.5 and stats["margin"].item() == 0.0
+    assert stats["chosen"].item() == 1.0 and stats["rejected"].item() == 1.0
+
+
+def test_equal_rewards_cost_log_two():
+    loss, _ = pairwise_loss(torch.zeros(3), torch.zeros(3))
+    assert loss.item() == pytest.approx(math.log(2))
+
+
+def test_margin_is_subtracted_from_the_difference():
+    # diff 3, margin 1 -> -log σ(2) = log(1 + e^-2)
+    loss, stats = pairwise_loss(torch.tensor([3.0]), torch.tensor([0.0]), margin=torch.tensor([1.0]))
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-2)))
+    assert stats["margin"].item() == 3.0  # the reported margin is the reward gap itself
+
+
+def test_gradient_pushes_chosen_up_and_rejected_down():
+    chosen, rejected = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    loss, stats = pairwise_loss(chosen, rejected)
+    loss.backward()
+    assert chosen.grad.item() == pytest.approx(-0.5) and rejected.grad.item() == pytest.approx(0.5)
+    assert not stats["accuracy"].requires_grad
+
+
+def test_centering_loss_by_hand():
+    # (1 + 3)^2 = 16 and (-1 + 0)^2 = 1 -> mean 8.5
+    assert centering_loss(torch.tensor([1.0, -1.0]), torch.tensor([3.0, 0.0])).item() == pytest.approx(8.5)

