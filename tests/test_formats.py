@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from rlhf_exp.feedback.formats import FeedbackError, load_feedback, parse_lines, write_jsonl
+from rlhf_exp.feedback.formats import FeedbackError, load_feedback, load_records, parse_lines, write_jsonl
 
 
 def lines(*objs):
@@ -105,3 +105,14 @@ def test_write_jsonl_leaves_no_temporary_file(tmp_path):
     out = write_jsonl(tmp_path / "x.jsonl", [{"a": 1}, {"a": 2}])
     assert out.read_text() == '{"a": 1}\n{"a": 2}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["x.jsonl"]
+
+
+def test_prompt_and_demonstration_files_are_checked_line_by_line(tmp_path):
+    path = tmp_path / "demos.jsonl"
+    path.write_text('{"prompt": "p", "completion": "c"}\n{"prompt": "q"}\n[1]\n')
+    with pytest.raises(FeedbackError) as err:
+        load_records(path, ("prompt", "completion"))
+    assert err.value.problems == ["line 2: field 'completion': missing (expected a string)",
+                                  "line 3: expected a JSON object, got list"]
+    path.write_text('{"prompt": "p", "completion": "c"}\n')
+    assert load_records(path, ("prompt", "completion")) == [{"prompt": "p", "completion": "c"}]

@@ -143,11 +143,8 @@ def _parse_binary(obj: dict, problems: list[str]) -> Binary | None:
 PARSERS = {"ranked": _parse_ranked, "pairwise": _parse_pairwise, "binary": _parse_binary}
 
 
-def parse_lines(lines: Iterable[str], source: str = "<feedback>") -> Feedback:
-    """Parse JSONL text lines; raise FeedbackError listing every bad line (blank lines are skipped)."""
-    problems: list[str] = []
-    records: list = []
-    file_kind = first_line = None
+def json_objects(lines: Iterable[str], problems: list[str]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each JSON object line; blank lines skipped, bad ones added to `problems`."""
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -159,6 +156,15 @@ def parse_lines(lines: Iterable[str], source: str = "<feedback>") -> Feedback:
         if not isinstance(obj, dict):
             problems.append(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
             continue
+        yield lineno, obj
+
+
+def parse_lines(lines: Iterable[str], source: str = "<feedback>") -> Feedback:
+    """Parse JSONL text lines; raise FeedbackError listing every bad line (blank lines are skipped)."""
+    problems: list[str] = []
+    records: list = []
+    file_kind = first_line = None
+    for lineno, obj in json_objects(lines, problems):
         kind = detect_kind(obj)
         if kind is None:
             problems.append(
@@ -229,17 +235,7 @@ def load_records(path: str | os.PathLike, fields: tuple[str, ...]) -> list[dict]
         raise FeedbackError(str(path), [f"no such file (resolved to {path.resolve()})"])
     rows, problems = [], []
     with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                problems.append(f"line {lineno}: bad JSON ({err.msg} at column {err.colno})")
-                continue
-            if not isinstance(obj, dict):
-                problems.append(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
-                continue
+        for lineno, obj in json_objects(fh, problems):
             line_problems: list[str] = []
             for key in fields:
                 _check_str(obj, key, line_problems)

@@ -7,8 +7,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
-
 from rlhf_exp.config import ConfigError, setting, settings
 
 
@@ -45,9 +43,6 @@ class LearnedReward:
 
     def __post_init__(self):
         self._loaded = None
-
-    def with_default_path(self, path) -> "LearnedReward":
-        return self if self.path else dataclasses.replace(self, path=str(path))
 
     def load(self):
         if self._loaded is None:
