@@ -64,10 +64,12 @@ def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(run_dir / "sft").config.n_embd == 32
     assert "## epoch 0" in (run_dir / "sft_samples.txt").read_text()
 
+    from rlhf_exp.feedback.world import World
+    n_prompts = len(World(seed=0, heldout_fraction=0.2).train_prompts)  # smoke: one set per prompt
     feedback = read_jsonl(run_dir / "feedback.jsonl")
-    assert len(feedback) == 38 and all(len(r["completions"]) == 3 and r["rankings"] for r in feedback)
+    assert len(feedback) == n_prompts and all(len(r["completions"]) == 3 and r["rankings"] for r in feedback)
     assert read_jsonl(run_dir / "heldout.jsonl")[0].keys() == {"prompt", "completions"}
-    assert children["collect"].data.metrics["collect/data/completions"] == 38 * 3
+    assert children["collect"].data.metrics["collect/data/completions"] == n_prompts * 3
     pairs = read_jsonl(run_dir / "pairs.jsonl")
     assert children["prepare"].data.metrics["prepare/data/pairs"] == len(pairs) > 0
 

@@ -14,6 +14,9 @@ class RewardModule(pl.LightningModule):
         self.lr, self.weight_decay = lr, weight_decay
         self.center_coef, self.use_margin = center_coef, use_margin
 
+    def on_fit_start(self):
+        self.model.train()  # from_pretrained returns eval mode; dropout is on while the RM trains
+
     def rewards(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward over the batch's distinct texts; (P,) rewards of each pair's chosen and rejected."""
         r = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]

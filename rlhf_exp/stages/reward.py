@@ -76,7 +76,6 @@ def run(ctx: StageContext) -> None:
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     rows = list(read_jsonl(ctx.input_path(s.pairs, "pairs", "reward_model.pairs")))
     tokenizer, model = backbone(ctx, s)
-    model.train()  # from_pretrained returns eval mode; dropout is on while the RM trains
     dm = RowsDataModule(comparison_groups(rows), pair_collate(tokenizer, s.max_len), s.batch_size,
                         s.val_fraction, ctx.cfg.seed)
     module = RewardModule(model, s.lr, s.weight_decay, s.center_coef, s.use_margin)
