@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 from rlhf_exp.config import ConfigError, setting, settings
 
 
@@ -35,25 +37,22 @@ def _load_classifier(path: str):
 
 @settings
 class LearnedReward:
-    """A reward model directory (`reward.path`), or the one the pipeline just trained (path null)."""
+    """A reward model directory (`reward.path`) written by `stage=reward`."""
     path: str | None
     normalize: bool            # (r − mean) / std with the stats saved on reference completions
     batch_size: int = setting(ge=1)
     max_len: int = setting(ge=8)
 
-    def __post_init__(self):
-        self._loaded = None
-
-    def load(self):
-        if self._loaded is None:
-            if not self.path:
-                raise ConfigError("reward.path: no reward model given; pass reward.path=DIR "
-                                  "(a stage=reward output) or run the pipeline, which trains one")
-            self._loaded = _load_classifier(self.path)
-        return self._loaded
+    @cached_property
+    def loaded(self):
+        """(model, tokenizer), loaded on first use."""
+        if not self.path:
+            raise ConfigError("reward.path: no reward model given; pass reward.path=DIR "
+                              "(a stage=reward output)")
+        return _load_classifier(self.path)
 
     def score(self, prompts: list[str], completions: list[str]):
-        model, tok = self.load()
+        model, tok = self.loaded
         r = reward_scores(model, tok, prompts, completions, self.batch_size, self.max_len)  # (B,)
         if self.normalize:
             mean, std = getattr(model.config, "reward_mean", None), getattr(model.config, "reward_std", None)
@@ -83,22 +82,19 @@ class ClassifierReward:
     batch_size: int = setting(ge=1)
     max_len: int = setting(ge=8)
 
-    def __post_init__(self):
-        self._loaded = None
-
-    def load(self):
-        if self._loaded is None:
-            model, tok = _load_classifier(self.name_or_path)
-            labels = {str(k): v for k, v in model.config.label2id.items()}
-            if self.positive_label not in labels:
-                raise ConfigError(f"reward.positive_label = {self.positive_label!r}: expected one of "
-                                  f"{sorted(labels)} (the classes of {self.name_or_path})")
-            self._loaded = (model, tok, labels[self.positive_label])
-        return self._loaded
+    @cached_property
+    def loaded(self):
+        """(model, tokenizer, index of the positive class), loaded on first use."""
+        model, tok = _load_classifier(self.name_or_path)
+        labels = {str(k): v for k, v in model.config.label2id.items()}
+        if self.positive_label not in labels:
+            raise ConfigError(f"reward.positive_label = {self.positive_label!r}: expected one of "
+                              f"{sorted(labels)} (the classes of {self.name_or_path})")
+        return model, tok, labels[self.positive_label]
 
     def score(self, prompts: list[str], completions: list[str]):
         from rlhf_exp.models.generation import format_prompt
-        model, tok, index = self.load()
+        model, tok, index = self.loaded
         texts = list(completions) if self.input == "completion" else \
             [format_prompt(p) + c for p, c in zip(prompts, completions, strict=True)]
         logits = _batched_logits(model, tok, texts, self.batch_size, self.max_len)
