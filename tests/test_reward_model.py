@@ -138,3 +138,12 @@ def test_reward_model_on_a_real_pretrained_encoder_loaded_offline(monkeypatch):
     assert type(model).__name__ == "BertForSequenceClassification" and model.config.num_labels == 1
     losses = fit(model, tok, pairs(8), steps=8, lr=5e-5)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_gold_accuracy_counts_only_pairs_the_gold_scorer_prefers():
+    from rlhf_exp.stages.reward import gold_accuracy
+    sets = [(PROMPTS[0], [GOOD, BAD, GOOD + " "])]  # the first and last tie in the gold score
+    acc, n = gold_accuracy(lambda prompts, texts: torch.tensor([1.0, 0.0, -1.0]), sets)
+    # (GOOD, BAD): both prefer GOOD; (GOOD, GOOD ): a gold tie, left out; (BAD, GOOD ): the scores
+    # prefer BAD, the gold GOOD
+    assert (acc, n) == (0.5, 2)

@@ -36,7 +36,7 @@ class RewardModelSettings:
 
 
 def backbone(ctx: StageContext, s: RewardModelSettings):
-    """(spec, tokenizer, reward model with a fresh head)."""
+    """(tokenizer, reward model with a fresh head) from the backbone the settings name."""
     if s.backbone or "policy" in ctx.outputs:
         spec = local_model(s.backbone or ctx.outputs["policy"])
     else:
