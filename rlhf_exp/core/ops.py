@@ -1,0 +1,47 @@
+"""Masked statistics and log-prob helpers. Tensors are (B, T) with a `mask` that is 1 on the
+positions that count (response tokens) and 0 elsewhere; every mean is a token mean over the mask,
+sum(x·mask) / sum(mask)."""
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """sum(x·mask) / sum(mask), over everything or along `dim`. x, mask: (B, T)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum()
+    return (x * mask).sum(dim) / mask.sum(dim)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of the masked entries (Bessel-corrected by default). x, mask: (B, T) -> scalar."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = mask.sum()
+        var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """(x − mean) / std over the masked entries; the mean is kept when `shift_mean` is False.
+    Masked-out positions come back as 0. x, mask: (B, T) -> (B, T)."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under softmax(logits). logits: (B, T, V), tokens: (B, T) -> (B, T)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) at each position: logsumexp(z) − Σ softmax(z)·z.
+    logits: (B, T, V) -> (B, T)."""
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
