@@ -89,3 +89,13 @@ def test_gold_reward_scores_a_batch():
     assert scores.shape == (2,) and scores.dtype == torch.float32
     assert scores[0] > 0.8 > scores[1]
     assert GoldReward(component="toxicity").score(["q"], ["you idiot, stupid"]).item() == 1.0
+
+
+def test_sample_returns_n_completions_per_prompt(tiny):
+    from rlhf_exp.models.generation import sample
+    _, tok, lm = tiny
+    out = sample(lm, tok, ["Hi", "My house is too hot. What can I do?", "Tell me a joke."], 2,
+                 temperature=1.0, top_p=0.9, max_new_tokens=4, batch_size=2)
+    assert [len(t) for t in out.texts] == [2, 2, 2] and [len(e) for e in out.has_eos] == [2, 2, 2]
+    assert all(1 <= n <= 4 for ns in out.lengths for n in ns)
+    assert not lm.training  # the fixture's eval mode is restored

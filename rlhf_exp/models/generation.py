@@ -16,6 +16,7 @@ def format_prompt(prompt: str) -> str:
 class Samples:
     texts: list[list[str]]    # per prompt, its n completions (stopped at EOS, special tokens removed)
     has_eos: list[list[bool]]  # whether each completion ended with EOS within max_new_tokens
+    lengths: list[list[int]]   # tokens generated for each completion, EOS included
 
 
 @torch.no_grad()
@@ -27,7 +28,7 @@ def sample(model, tokenizer, prompts: list[str], n: int, *, temperature: float, 
     """
     was_training = model.training
     model.eval()
-    texts, eos = [], []
+    texts, eos, lengths = [], [], []
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
         else dict(do_sample=False)
     for start in range(0, len(prompts), batch_size):
@@ -39,9 +40,11 @@ def sample(model, tokenizer, prompts: list[str], n: int, *, temperature: float, 
                              use_cache=True, **sampling)
         response = out[:, enc["input_ids"].shape[1]:]                      # (B·n, T)
         ended = (response == tokenizer.eos_token_id).any(dim=1).tolist()
+        n_tokens = (response != tokenizer.pad_token_id).sum(dim=1).tolist()  # PAD fills rows that ended
         decoded = [t.strip() for t in tokenizer.batch_decode(response, skip_special_tokens=True)]
         for i in range(len(chunk)):
             texts.append(decoded[i * n:(i + 1) * n])
             eos.append(ended[i * n:(i + 1) * n])
+            lengths.append(n_tokens[i * n:(i + 1) * n])
     model.train(was_training)
-    return Samples(texts, eos)
+    return Samples(texts, eos, lengths)

@@ -83,9 +83,8 @@ def run(ctx: StageContext) -> None:
         ctx.save("heldout", write_jsonl(ctx.run_dir / "heldout.jsonl", rows))
 
     texts = [t for ts in out.texts for t in ts]
-    n_tokens = sum(len(tokenizer(t)["input_ids"]) for t in texts)
     metrics = {"collect/data/sets": len(sets), "collect/data/completions": len(texts),
-               "collect/response/len_mean": n_tokens / len(texts),
+               "collect/response/len_mean": mean(n for ns in out.lengths for n in ns),
                "collect/response/eos_rate": mean(e for es in out.has_eos for e in es),
                "collect/perf/generate_s": seconds,
                "collect/perf/sequences_per_s": (len(texts) + (len(heldout) * s.n_completions)) / seconds}
