@@ -11,7 +11,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from rlhf_exp.config import ConfigError
 from rlhf_exp.models.factory import TinyGPT2, local_model
 from rlhf_exp.models.reward import ClassifierReward, LearnedReward, reward_scores
-from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate, reward_text
+from rlhf_exp.models.generation import reward_text
+from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate
 from rlhf_exp.modules.reward import RewardModule
 
 GOOD = "Close the blinds and curtains during the day to keep the sun out."

@@ -7,9 +7,15 @@ from pathlib import Path
 
 from rlhf_exp.config import ConfigError, setting, settings
 from rlhf_exp.feedback.formats import Feedback, RankedSet, load_feedback, load_records
-from rlhf_exp.feedback.gold import GoldScorer
+from rlhf_exp.feedback.gold import GoldScore, GoldScorer
 from rlhf_exp.feedback.labelers import SimulatedLabeler, make_labelers
 from rlhf_exp.feedback.world import World
+
+
+def gold_scores(sets: list[tuple[str, list[str]]]) -> list[list[GoldScore]]:
+    """The gold score of every completion of every (prompt, completions) set."""
+    gold = GoldScorer()
+    return [gold.score_batch([prompt] * len(comps), comps) for prompt, comps in sets]
 
 
 @dataclass
@@ -64,13 +70,15 @@ class SyntheticData:
     def labeler_kinds(self) -> dict[str, str]:
         return {lab.id: lab.kind for lab in self.labelers()}
 
-    def rank(self, sets: list[tuple[str, list[str]]], salt: str = "") -> list[RankedSet]:
-        """Each (prompt, completions) set ranked by `labelers_per_set` labelers drawn at random."""
-        gold, labelers = GoldScorer(), self.labelers()
+    def rank(self, sets: list[tuple[str, list[str]]], salt: str = "",
+             gold: list[list[GoldScore]] | None = None) -> list[RankedSet]:
+        """Each (prompt, completions) set ranked by `labelers_per_set` labelers drawn at random,
+        from the sets' gold scores (computed here unless the caller has them)."""
+        gold = gold or gold_scores(sets)
+        labelers = self.labelers()
         rng = random.Random(f"ranking-{self.seed}-{salt}")
         out = []
-        for i, (prompt, comps) in enumerate(sets):
-            scores = gold.score_batch([prompt] * len(comps), comps)
+        for i, ((prompt, comps), scores) in enumerate(zip(sets, gold, strict=True)):
             chosen = sorted(rng.sample(labelers, self.labelers_per_set), key=lambda lab: lab.id)
             out.append(RankedSet(prompt, list(comps), {lab.id: lab.rank(scores, rng) for lab in chosen},
                                  {"set_id": i}))

@@ -1,4 +1,5 @@
-"""How a prompt is shown to the policy, and batched sampling with the KV cache."""
+"""How text is shown to the models (a prompt to the policy; a prompt and completion to the reward
+model), and batched sampling with the KV cache."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +11,14 @@ PROMPT_TEMPLATE = "{prompt}\n"  # the policy reads the prompt, then a newline, t
 
 def format_prompt(prompt: str) -> str:
     return PROMPT_TEMPLATE.format(prompt=prompt)
+
+
+def reward_text(tokenizer, prompt: str, completion: str) -> str:
+    """What the reward model reads: the prompt as the policy saw it, the completion, then EOS
+    (for tokenizers that have one and do not add it), so a decoder's score sits on EOS."""
+    text = format_prompt(prompt) + completion
+    eos = tokenizer.eos_token
+    return text + eos if eos and eos != tokenizer.sep_token else text
 
 
 @dataclass

@@ -66,7 +66,7 @@ class LearnedReward:
 def reward_scores(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int,
                   max_len: int):
     """A one-output reward model's scores of (prompt, completion) pairs, as it was trained: (B,)."""
-    from rlhf_exp.modules.data import reward_text
+    from rlhf_exp.models.generation import reward_text
     texts = [reward_text(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
     return _batched_logits(model, tokenizer, texts, batch_size, max_len)[:, 0]
 

@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from rlhf_exp.models.generation import format_prompt
+from rlhf_exp.models.generation import format_prompt, reward_text
 
 
 def split_by_prompt(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -35,14 +35,6 @@ def sft_collate(tokenizer, max_len: int):
         return {"input_ids": ids, "attention_mask": torch.tensor(pad([[1] * len(s) for s in seqs], 0)),
                 "labels": torch.tensor(pad(labels, -100))}
     return collate
-
-
-def reward_text(tokenizer, prompt: str, completion: str) -> str:
-    """What the reward model reads: the prompt as the policy saw it, the completion, then EOS
-    (for tokenizers that have one and do not add it), so a decoder's score sits on EOS."""
-    text = format_prompt(prompt) + completion
-    eos = tokenizer.eos_token
-    return text + eos if eos and eos != tokenizer.sep_token else text
 
 
 def comparison_groups(pairs: list[dict]) -> list[dict]:

@@ -7,6 +7,7 @@ from statistics import mean
 
 from rlhf_exp.config import ConfigError, setting, settings
 from rlhf_exp.feedback.formats import RankedSet, ranked_to_json, write_jsonl
+from rlhf_exp.feedback.sources import gold_scores
 from rlhf_exp.models.factory import local_model
 from rlhf_exp.models.generation import sample
 from rlhf_exp.stages.context import StageContext
@@ -72,7 +73,8 @@ def run(ctx: StageContext) -> None:
     seconds = time.perf_counter() - t0
 
     sets = list(zip(prompts, out.texts))
-    records = data.rank(sets, "collect") if simulated else \
+    gold = gold_scores(sets) if data.simulated else None
+    records = data.rank(sets, "collect", gold) if simulated else \
         [RankedSet(p, c, {}, {"set_id": i}) for i, (p, c) in enumerate(sets)]
     ctx.save("feedback", write_jsonl(ctx.run_dir / "feedback.jsonl", map(ranked_to_json, records)))
     if not simulated:
@@ -88,11 +90,9 @@ def run(ctx: StageContext) -> None:
                "collect/response/eos_rate": mean(e for es in out.has_eos for e in es),
                "collect/perf/generate_s": seconds,
                "collect/perf/sequences_per_s": (len(texts) + (len(heldout) * s.n_completions)) / seconds}
-    if data.simulated:
-        from rlhf_exp.feedback.gold import GoldScorer
-        gold = GoldScorer().score_batch([p for p in prompts for _ in range(s.n_completions)], texts)
+    if gold is not None:
         for k in ("overall", "helpfulness", "toxicity", "coherence"):
-            metrics[f"collect/gold/{k}"] = mean(getattr(g, k) for g in gold)
+            metrics[f"collect/gold/{k}"] = mean(getattr(g, k) for gs in gold for g in gs)
     ctx.run.log_metrics(metrics)
     print(f"collect: {len(sets)} sets of {s.n_completions} from {policy_dir} in {seconds:.1f} s; "
           f"{'ranked by the simulated labelers' if simulated else 'LABELING.md written for people'}")
