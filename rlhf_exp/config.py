@@ -133,12 +133,6 @@ class Paths:
     cache_dir: str
 
 
-@settings
-class Algorithm:
-    """The alignment algorithm; its hyperparameters arrive with the stage that uses them."""
-    name: str = setting(choices=("ppo",))
-
-
 def flatten(tree, prefix: str = "") -> dict[str, object]:
     """Nested dicts/lists -> {"a.b.c": leaf}; `_target_` keys are left out."""
     out: dict[str, object] = {}

@@ -52,7 +52,7 @@ def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path):
     client, runs = mlflow_runs(tmp_path)
     parent = [r for r in runs if r.data.tags["stage"] == "pipeline"]
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
-    assert len(parent) == 1 and list(children) == ["sft", "collect", "prepare", "reward"]
+    assert len(parent) == 1 and list(children) == ["sft", "collect", "prepare", "reward", "align", "eval"]
     assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in children.values())
     assert all(r.info.status == "FINISHED" for r in runs)
     assert parent[0].data.params["data.n_labelers"] == "4"  # the smoke experiment's size
@@ -81,6 +81,40 @@ def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path):
     assert model.config.reward_mean == pytest.approx(rm["reward/norm/mean"])
     assert {a.path for a in client.list_artifacts(children["reward"].info.run_id)} >= {"reward_model", "config.yaml"}
     assert "[reward] done" in proc.stdout
+
+    ppo = client.get_metric_history(children["align"].info.run_id, "ppo/reward/score_mean")
+    assert [m.step for m in ppo] == [0, 1]  # one point per PPO iteration (smoke: 2)
+    align = children["align"].data.metrics
+    assert {"ppo/kl/ref", "ppo/kl/coef", "ppo/policy/clipfrac", "ppo/value/explained_var",
+            "ppo/response/eos_rate", "ppo/perf/tokens_per_s", "align/perf/seconds"} <= set(align)
+    assert children["align"].data.params["algorithm.clip_eps"] == "0.2"
+    assert AutoModelForCausalLM.from_pretrained(run_dir / "policy").config.n_embd == 32
+    assert len(read_jsonl(run_dir / "ppo_samples.jsonl")) == 8  # 4 per iteration
+    assert (run_dir / "checkpoints/align/last.ckpt").is_file()
+
+    ev = children["eval"].data.metrics
+    keys = ["eval/reward/ref", "eval/reward/policy", "eval/gold/ref", "eval/gold/policy",
+            "eval/toxicity/ref", "eval/toxicity/policy", "eval/kl/policy_ref", "eval/win_rate"]
+    assert set(keys) <= set(ev) and 0 <= ev["eval/win_rate"] <= 1
+    summary = json.loads((run_dir / "eval_summary.json").read_text())
+    n_heldout = len(World(seed=0, heldout_fraction=0.2).heldout_prompts)
+    assert summary["responses_per_policy"] == 2 * n_heldout and summary["eval/win_rate"] == ev["eval/win_rate"]
+    assert (run_dir / "eval_rewards.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "eval_samples.md").read_text().count("- **aligned**") == 2 * n_heldout
+    assert {a.path for a in client.list_artifacts(children["eval"].info.run_id)} >= {
+        "eval_rewards.png", "eval_samples.md", "eval_summary.json"}
+    assert "== before (reference) and after (aligned)" in proc.stdout and "win rate" in proc.stdout
+
+    # align and eval alone, from the pipeline's outputs; align resumes from its checkpoint
+    out = "outputs/run"
+    cli("stage=align", "experiment=smoke", f"algorithm.policy={out}/sft", f"reward.path={out}/reward_model",
+        "algorithm.max_steps=3", f"algorithm.ckpt_path={out}/checkpoints/align/last.ckpt", "hydra.run.dir=outputs/more")
+    _, runs = mlflow_runs(tmp_path)
+    resumed = client.get_metric_history(runs[-1].info.run_id, "ppo/reward/score_mean")
+    assert [m.step for m in resumed] == [2]  # iterations 0 and 1 were done before
+    proc = cli("stage=eval", "experiment=smoke", "eval.policy=outputs/more/policy", f"eval.reference={out}/sft",
+               "reward=gold", "hydra.run.dir=outputs/more")
+    assert "aligned" in proc.stdout and (tmp_path / "outputs/more/eval_summary.json").is_file()
 
 
 def test_stages_alone_with_human_labelers(cli, tmp_path):

@@ -9,7 +9,7 @@ from rlhf_exp.core.kl import kl_k1, kl_k3
 from rlhf_exp.core.ops import (entropy_from_logits, logprobs_from_logits, masked_mean, masked_var,
                                masked_whiten)
 from rlhf_exp.core.ppo import (AdaptiveKLController, FixedKLController, gae, last_token_index,
-                               policy_loss, shape_rewards, total_loss, value_loss)
+                               policy_loss, response_mask, shape_rewards, total_loss, value_loss)
 
 T = torch.tensor
 
@@ -123,3 +123,14 @@ def test_total_loss_and_kl_controllers():
     assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 100 / 10000))
     ctl.update(current_kl=4.5, n_steps=1000)                    # error -0.25 clipped to -0.2
     assert ctl.value == pytest.approx(0.1 * 1.002 * (1 - 0.2 * 0.1))
+
+
+def test_response_mask_stops_after_the_first_eos():
+    eos, pad = 2, 9
+    response = T([[5, 2, 9, 9],    # EOS second: 2 tokens
+                  [5, 6, 7, 8],    # no EOS: all 4
+                  [2, 9, 9, 9],    # EOS first: 1
+                  [5, 2, 6, 2]])   # a token sampled after EOS is not part of the response
+    mask, has_eos = response_mask(response, eos)
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0]]
+    assert has_eos.tolist() == [True, False, True, True]

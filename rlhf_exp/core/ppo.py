@@ -10,6 +10,15 @@ import torch
 from rlhf_exp.core.ops import masked_mean
 
 
+def response_mask(response: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncate sampled responses at their first EOS: (B, T) token ids -> (mask (B, T) that is 1 on
+    every token up to and including the first EOS, has_eos (B,) bool). Tokens after it are not part
+    of the response, whatever they are (generate fills them with PAD)."""
+    is_eos = response == eos_id
+    seen_before = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0     # an EOS earlier in the row
+    return (~seen_before).long(), is_eos.any(dim=1)
+
+
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of the last 1 in each row of a (B, T) mask -> (B,). Rows must have at least one 1."""
     positions = torch.arange(mask.shape[1], device=mask.device)

@@ -51,6 +51,11 @@ class LearnedReward:
                               "(a stage=reward output)")
         return _load_classifier(self.path)
 
+    def to(self, device):
+        """Move the reward model to the policy's device."""
+        self.loaded[0].to(device)
+        return self
+
     def score(self, prompts: list[str], completions: list[str]):
         model, tok = self.loaded
         r = reward_scores(model, tok, prompts, completions, self.batch_size, self.max_len)  # (B,)
@@ -91,6 +96,10 @@ class ClassifierReward:
             raise ConfigError(f"reward.positive_label = {self.positive_label!r}: expected one of "
                               f"{sorted(labels)} (the classes of {self.name_or_path})")
         return model, tok, labels[self.positive_label]
+
+    def to(self, device):
+        self.loaded[0].to(device)
+        return self
 
     def score(self, prompts: list[str], completions: list[str]):
         from rlhf_exp.models.generation import format_prompt

@@ -85,3 +85,38 @@ class RowsDataModule(pl.LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.val_rows, batch_size=self.batch_size, collate_fn=self.collate)
+
+
+def tokenize_prompts(tokenizer, prompts: list[str]) -> list[dict]:
+    """Each prompt as the policy reads it, tokenized once: {"prompt", "ids"}."""
+    return [{"prompt": p, "ids": tokenizer(format_prompt(p), add_special_tokens=False)["input_ids"]}
+            for p in prompts]
+
+
+def left_pad_collate(pad_id: int):
+    """Pre-tokenized prompts -> {"prompts", "input_ids", "attention_mask"}, padded on the left
+    (generation appends to the right end of every row)."""
+    def collate(rows):
+        width = max(len(r["ids"]) for r in rows)
+        ids = torch.tensor([[pad_id] * (width - len(r["ids"])) + r["ids"] for r in rows])
+        mask = torch.tensor([[0] * (width - len(r["ids"])) + [1] * len(r["ids"]) for r in rows])
+        return {"prompts": [r["prompt"] for r in rows], "input_ids": ids, "attention_mask": mask}
+    return collate
+
+
+class PromptDataModule(pl.LightningDataModule):
+    """Prompts for rollouts, tokenized once; each epoch is one shuffled pass (drawn with replacement
+    when the batch is larger than the prompt set), in full batches."""
+
+    def __init__(self, prompts: list[str], tokenizer, batch_size: int, seed: int):
+        super().__init__()
+        self.rows = tokenize_prompts(tokenizer, prompts)
+        self.pad_id, self.batch_size, self.seed = tokenizer.pad_token_id, batch_size, seed
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(self.seed)
+        n = len(self.rows)
+        sampler = torch.utils.data.RandomSampler(self.rows, replacement=self.batch_size > n,
+                                                 num_samples=max(n, self.batch_size), generator=g)
+        return DataLoader(self.rows, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          collate_fn=left_pad_collate(self.pad_id))

@@ -9,6 +9,8 @@ STAGES = {
     "collect": "rlhf_exp.stages.collect:run",
     "prepare": "rlhf_exp.stages.prepare:run",
     "reward": "rlhf_exp.stages.reward:run",
+    "align": "rlhf_exp.stages.align:run",
+    "eval": "rlhf_exp.stages.eval:run",
 }
 PIPELINE = tuple(STAGES)
 

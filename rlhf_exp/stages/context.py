@@ -1,6 +1,7 @@
 """What a stage function is given, and how it records what it did."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,25 @@ class StageContext:
             return self.outputs[output]
         raise UserError(f"{key}: no input given; pass {key}=PATH, or run the pipeline "
                         f"(stage=pipeline), whose earlier stages write it")
+
+    def model_spec(self, explicit: str | None, output: str):
+        """A model to start from: the directory given, else an earlier stage's output, else the
+        `model` group (e.g. the tiny model built from its config)."""
+        from rlhf_exp.models.factory import local_model
+        if explicit or output in self.outputs:
+            return local_model(explicit or self.outputs[output])
+        return self.built["model"]
+
+    def reward_source(self):
+        """The `reward` group's source; a learned reward with no path is this pipeline's reward model."""
+        from rlhf_exp.models.reward import LearnedReward
+        reward = self.built["reward"]
+        if isinstance(reward, LearnedReward) and not reward.path:
+            if "reward_model" not in self.outputs:
+                raise UserError("reward.path: no reward model given; pass reward.path=DIR (a stage=reward "
+                                "output), choose reward=gold or reward=classifier, or run the pipeline")
+            reward = dataclasses.replace(reward, path=str(self.outputs["reward_model"]))
+        return reward
 
     def trainer(self, stage: str, **overrides):
         """The configured pytorch_lightning.Trainer, logging into this stage's MLflow run and

@@ -12,7 +12,6 @@ import pytorch_lightning as pl
 
 from rlhf_exp.config import setting, settings
 from rlhf_exp.feedback.formats import read_jsonl
-from rlhf_exp.models.factory import local_model
 from rlhf_exp.models.reward import reward_scores
 from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate
 from rlhf_exp.modules.reward import RewardModule
@@ -37,10 +36,7 @@ class RewardModelSettings:
 
 def backbone(ctx: StageContext, s: RewardModelSettings):
     """(tokenizer, reward model with a fresh head) from the backbone the settings name."""
-    if s.backbone or "policy" in ctx.outputs:
-        spec = local_model(s.backbone or ctx.outputs["policy"])
-    else:
-        spec = ctx.built["model"]
+    spec = ctx.model_spec(s.backbone, "policy")
     tokenizer = spec.tokenizer()
     return tokenizer, spec.sequence_classifier(tokenizer)
 

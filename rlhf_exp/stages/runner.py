@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 import time
@@ -101,6 +102,11 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], extra_tags: dict) -> No
         with tracked("pipeline") as parent:
             for name in PIPELINE:
                 run_stage(name, parent)
+        if "eval_summary" in outputs:
+            from rlhf_exp.stages.eval import summary_table
+            summary = json.loads(outputs["eval_summary"].read_text(encoding="utf-8"))
+            print(f"\n== before (reference) and after (aligned), {summary['prompts']} held-out prompts ==\n"
+                  f"{summary_table(summary)}\noutputs: {run_dir}")
     else:
         run_stage(stage)
 

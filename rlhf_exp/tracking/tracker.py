@@ -52,6 +52,10 @@ class TrackedRun:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.id, text, artifact_file)
 
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        """Rows of equal keys as an MLflow table (shown in the run's artifacts)."""
+        self.client.log_table(self.id, {k: [r[k] for r in rows] for k in rows[0]}, artifact_file)
+
 
 class NullRun:
     """Tracking off: the same calls, doing nothing."""
@@ -62,6 +66,7 @@ class NullRun:
     def set_tags(self, tags): pass
     def log_artifact(self, path, artifact_path=None): pass
     def log_text(self, text, artifact_file): pass
+    def log_table(self, rows, artifact_file): pass
     def lightning_logger(self): return False  # Lightning: no logger
 
 

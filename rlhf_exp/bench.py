@@ -1,0 +1,152 @@
+"""Benchmarks that report how close an iteration comes to the bare model work it needs.
+
+    python -m rlhf_exp.bench ppo --batch 16 --resp-len 32 --ppo-epochs 4 --steps 8
+
+Runs PPO iterations (the real PPOModule in a Lightning Trainer) on the tiny model with a reward model
+of the same size, then measures in the same process the floor: a bare `generate` of the same
+shapes, the no-grad forwards (policy, reference, reward model) and the forward + backward +
+optimizer step of every minibatch. Prints one JSON line; `overhead = median_step_s / floor_step_s`.
+Timings on a shared CPU vary run to run; the ratio is taken within one process.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+import pytorch_lightning as pl
+import torch
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def tiny_models(n_layer: int, n_head: int, n_embd: int):
+    """(tokenizer, policy, reward model) built from config: the tiny GPT-2 and a reward model of the same size."""
+    from rlhf_exp.models.factory import TinyGPT2
+    spec = TinyGPT2(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=256, vocab_size=2048,
+                    dropout=0.1, tokenizer_dir=os.environ.get("RLHF_EXP_CACHE", "outputs/cache") + "/tokenizers")
+    tokenizer = spec.tokenizer()
+    return tokenizer, spec.causal_lm(tokenizer), spec.sequence_classifier(tokenizer)
+
+
+def ppo_settings(**overrides):
+    """conf/algorithm/ppo.yaml's defaults with the benchmark's sizes, checked like any config."""
+    from omegaconf import OmegaConf
+
+    from rlhf_exp.config import build_node
+    node = OmegaConf.load(CONF / "algorithm" / "ppo.yaml").algorithm
+    for k, v in overrides.items():
+        node[k] = v
+    return build_node(node, "algorithm")
+
+
+class StepTimer(pl.Callback):
+    """Wall time of each training batch, hooks and logging included."""
+
+    def __init__(self):
+        self.steps: list[float] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.steps.append(time.perf_counter() - self.t0)
+
+
+def ppo_floor(lm, ref, rm, batch, s, width: int) -> dict[str, float]:
+    """The bare model work of one PPO iteration with the same shapes (see the module docstring)."""
+    from rlhf_exp.models.value import position_ids
+    ids, att = batch["input_ids"], batch["attention_mask"]
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-6)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = lm.generate(input_ids=ids, attention_mask=att, max_new_tokens=width, min_new_tokens=width,
+                          do_sample=True, temperature=s.temperature, top_k=0, top_p=1.0, use_cache=True,
+                          pad_token_id=rm.config.pad_token_id, eos_token_id=lm.config.eos_token_id)
+    t1 = time.perf_counter()
+    full_att = torch.cat([att, torch.ones_like(out[:, ids.shape[1]:])], dim=1)
+    pos = position_ids(full_att)
+    kw = dict(attention_mask=full_att, position_ids=pos, logits_to_keep=width + 1, use_cache=False)
+    with torch.no_grad():
+        lm(input_ids=out, output_hidden_states=True, **kw)       # old log-probs and values
+        ref(input_ids=out, **kw)                                  # reference log-probs
+        rm(input_ids=out, attention_mask=full_att, position_ids=pos)  # scores
+    size = -(-len(out) // s.minibatches)
+    for _ in range(s.ppo_epochs):
+        for rows in torch.randperm(len(out)).split(size):
+            logits = lm(input_ids=out[rows], output_hidden_states=True,
+                        **{**kw, "attention_mask": full_att[rows], "position_ids": pos[rows]}).logits
+            logits.float().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    t2 = time.perf_counter()
+    return {"step": t2 - t0, "generate": t1 - t0, "forward_backward": t2 - t1}
+
+
+def bench_ppo(args) -> dict:
+    from rlhf_exp.feedback.world import World
+    from rlhf_exp.models.reward import LearnedReward
+    from rlhf_exp.models.value import ActorCritic
+    from rlhf_exp.modules.data import PromptDataModule
+    from rlhf_exp.modules.ppo import PPOModule
+    pl.seed_everything(0, verbose=False)
+    tokenizer, lm, rm = tiny_models(args.n_layer, args.n_head, args.n_embd)
+    s = ppo_settings(batch_size=args.batch, response_len=args.resp_len, ppo_epochs=args.ppo_epochs,
+                     minibatches=args.minibatches, max_steps=args.steps + args.warmup, sample_every=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        rm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        reward = LearnedReward(path=tmp, normalize=False, batch_size=64, max_len=256)
+        reward.loaded  # noqa: B018 -- load before timing
+        prompts = World(0, 0.2).train_prompts
+        dm = PromptDataModule(prompts, tokenizer, s.batch_size, seed=0)
+        floor_models = (copy.deepcopy(lm).eval(), copy.deepcopy(lm).eval(), copy.deepcopy(rm).eval())
+        module = PPOModule(ActorCritic(lm), copy.deepcopy(lm), tokenizer, reward, s)
+        timer = StepTimer()
+        trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, accelerator="cpu", callbacks=[timer])
+        batch = next(iter(dm.train_dataloader()))
+        floors = [ppo_floor(*floor_models, batch, s, args.resp_len) for _ in range(args.warmup + args.steps)]
+        trainer.fit(module, datamodule=dm)
+        floors += [ppo_floor(*floor_models, batch, s, args.resp_len) for _ in range(args.steps)]
+    floors = floors[args.warmup:]
+    measured = module.timings[args.warmup:]
+    step = median(timer.steps[args.warmup:])
+    floor = median(f["step"] for f in floors)
+    return {"bench": "ppo", "batch": args.batch, "resp_len": args.resp_len, "ppo_epochs": args.ppo_epochs,
+            "minibatches": args.minibatches, "steps": args.steps, "n_layer": args.n_layer,
+            "n_head": args.n_head, "n_embd": args.n_embd, "threads": torch.get_num_threads(),
+            "median_step_s": round(step, 4),
+            "median_rollout_s": round(median(t["rollout_s"] for t in measured), 4),
+            "median_update_s": round(median(t["update_s"] for t in measured), 4),
+            "floor_step_s": round(floor, 4),
+            "floor_generate_s": round(median(f["generate"] for f in floors), 4),
+            "floor_forward_backward_s": round(median(f["forward_backward"] for f in floors), 4),
+            "mean_response_width": sum(t["width"] for t in measured) / len(measured),
+            "overhead": round(step / floor, 3)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rlhf_exp.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    ppo = sub.add_parser("ppo", help="PPO iterations against their floor")
+    ppo.add_argument("--batch", type=int, default=16, help="rollouts per iteration")
+    ppo.add_argument("--resp-len", type=int, default=32, help="response tokens")
+    ppo.add_argument("--ppo-epochs", type=int, default=4)
+    ppo.add_argument("--minibatches", type=int, default=4)
+    ppo.add_argument("--steps", type=int, default=8, help="iterations measured (after --warmup)")
+    ppo.add_argument("--warmup", type=int, default=2, help="iterations run first and not measured")
+    for name, default in (("--n-layer", 2), ("--n-head", 4), ("--n-embd", 128)):
+        ppo.add_argument(name, type=int, default=default)
+    args = parser.parse_args(argv)
+    print(json.dumps(bench_ppo(args)))
+
+
+if __name__ == "__main__":
+    main()
