@@ -3,10 +3,12 @@
     python -m rlhf_exp.bench ppo --batch 16 --resp-len 32 --ppo-epochs 4 --steps 8
 
 Runs PPO iterations (the real PPOModule in a Lightning Trainer) on the tiny model with a reward model
-of the same size, then measures in the same process the floor: a bare `generate` of the same
-shapes, the no-grad forwards (policy, reference, reward model) and the forward + backward +
-optimizer step of every minibatch. Prints one JSON line; `overhead = median_step_s / floor_step_s`.
-Timings on a shared CPU vary run to run; the ratio is taken within one process.
+of the same size and, after each, the floor of the same shapes in the same process: a bare
+`generate` of as many tokens as the rollout had, the no-grad forwards (policy, reference, reward
+model) and, for every minibatch, a forward, a backward, gradient clipping and the optimizer step.
+Prints one JSON line; `overhead = median_step_s / floor_step_s`, and `overhead_strict` against a
+floor without the clipping and optimizer steps. Timings on a shared CPU vary run to run; alternating
+steps and floors lets both see the same conditions.
 """
 from __future__ import annotations
 
@@ -45,24 +47,28 @@ def ppo_settings(**overrides):
     return build_node(node, "algorithm")
 
 
-class StepTimer(pl.Callback):
-    """Wall time of each training batch, hooks and logging included."""
+class Interleaved(pl.Callback):
+    """Times each training batch (hooks and logging included), then runs one floor measurement
+    outside the timed region, so steps and floors alternate and share the machine's moods."""
 
-    def __init__(self):
-        self.steps: list[float] = []
+    def __init__(self, floor):
+        self.floor, self.steps, self.floors = floor, [], []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.steps.append(time.perf_counter() - self.t0)
+        self.floors.append(self.floor(batch, module.timings[-1]["width"]))
 
 
 def ppo_floor(lm, ref, rm, batch, s, width: int) -> dict[str, float]:
     """The bare model work of one PPO iteration with the same shapes (see the module docstring)."""
-    from rlhf_exp.models.value import position_ids
+    from rlhf_exp.models.value import position_ids, response_positions
     ids, att = batch["input_ids"], batch["attention_mask"]
-    opt = torch.optim.AdamW(lm.parameters(), lr=1e-6)
+    from rlhf_exp.modules.ppo import ppo_optimizer
+    params = list(lm.parameters())
+    opt = ppo_optimizer(params, lr=1e-6)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = lm.generate(input_ids=ids, attention_mask=att, max_new_tokens=width, min_new_tokens=width,
@@ -71,21 +77,27 @@ def ppo_floor(lm, ref, rm, batch, s, width: int) -> dict[str, float]:
     t1 = time.perf_counter()
     full_att = torch.cat([att, torch.ones_like(out[:, ids.shape[1]:])], dim=1)
     pos = position_ids(full_att)
-    kw = dict(attention_mask=full_att, position_ids=pos, logits_to_keep=width + 1, use_cache=False)
+    kw = dict(attention_mask=full_att, position_ids=pos, logits_to_keep=response_positions(out, width),
+              use_cache=False)
     with torch.no_grad():
         lm(input_ids=out, output_hidden_states=True, **kw)       # old log-probs and values
         ref(input_ids=out, **kw)                                  # reference log-probs
         rm(input_ids=out, attention_mask=full_att, position_ids=pos)  # scores
+    t2 = time.perf_counter()
     size = -(-len(out) // s.minibatches)
+    step_s = 0.0  # gradient clipping and optimizer steps, also reported apart
     for _ in range(s.ppo_epochs):
         for rows in torch.randperm(len(out)).split(size):
             logits = lm(input_ids=out[rows], output_hidden_states=True,
                         **{**kw, "attention_mask": full_att[rows], "position_ids": pos[rows]}).logits
             logits.float().mean().backward()
+            t = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
             opt.step()
             opt.zero_grad()
-    t2 = time.perf_counter()
-    return {"step": t2 - t0, "generate": t1 - t0, "forward_backward": t2 - t1}
+            step_s += time.perf_counter() - t
+    t3 = time.perf_counter()
+    return {"step": t3 - t0, "generate": t1 - t0, "rollout": t2 - t0, "update": t3 - t2, "optimizer": step_s}
 
 
 def bench_ppo(args) -> dict:
@@ -107,14 +119,11 @@ def bench_ppo(args) -> dict:
         dm = PromptDataModule(prompts, tokenizer, s.batch_size, seed=0)
         floor_models = (copy.deepcopy(lm).eval(), copy.deepcopy(lm).eval(), copy.deepcopy(rm).eval())
         module = PPOModule(ActorCritic(lm), copy.deepcopy(lm), tokenizer, reward, s)
-        timer = StepTimer()
+        timer = Interleaved(lambda batch, width: ppo_floor(*floor_models, batch, s, width))
         trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, accelerator="cpu", callbacks=[timer])
-        batch = next(iter(dm.train_dataloader()))
-        floors = [ppo_floor(*floor_models, batch, s, args.resp_len) for _ in range(args.warmup + args.steps)]
         trainer.fit(module, datamodule=dm)
-        floors += [ppo_floor(*floor_models, batch, s, args.resp_len) for _ in range(args.steps)]
-    floors = floors[args.warmup:]
+    floors = timer.floors[args.warmup:]
     measured = module.timings[args.warmup:]
     step = median(timer.steps[args.warmup:])
     floor = median(f["step"] for f in floors)
@@ -126,9 +135,13 @@ def bench_ppo(args) -> dict:
             "median_update_s": round(median(t["update_s"] for t in measured), 4),
             "floor_step_s": round(floor, 4),
             "floor_generate_s": round(median(f["generate"] for f in floors), 4),
-            "floor_forward_backward_s": round(median(f["forward_backward"] for f in floors), 4),
+            "floor_rollout_s": round(median(f["rollout"] for f in floors), 4),
+            "floor_update_s": round(median(f["update"] for f in floors), 4),
+            "floor_optimizer_s": round(median(f["optimizer"] for f in floors), 4),
             "mean_response_width": sum(t["width"] for t in measured) / len(measured),
-            "overhead": round(step / floor, 3)}
+            "overhead": round(step / floor, 3),
+            # against generate + forward + backward alone (optimizer steps and clipping counted as overhead)
+            "overhead_strict": round(step / median(f["step"] - f["optimizer"] for f in floors), 3)}
 
 
 def main(argv=None) -> None:
@@ -140,7 +153,7 @@ def main(argv=None) -> None:
     ppo.add_argument("--resp-len", type=int, default=32, help="response tokens")
     ppo.add_argument("--ppo-epochs", type=int, default=4)
     ppo.add_argument("--minibatches", type=int, default=4)
-    ppo.add_argument("--steps", type=int, default=8, help="iterations measured (after --warmup)")
+    ppo.add_argument("--steps", type=int, default=16, help="iterations measured (after --warmup)")
     ppo.add_argument("--warmup", type=int, default=2, help="iterations run first and not measured")
     for name, default in (("--n-layer", 2), ("--n-head", 4), ("--n-embd", 128)):
         ppo.add_argument(name, type=int, default=default)

@@ -18,15 +18,24 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def response_positions(input_ids: torch.Tensor, n_response: int) -> torch.Tensor:
+    """The positions whose next-token logits predict the last `n_response` tokens: (T,)."""
+    length = input_ids.shape[1]
+    return torch.arange(length - n_response - 1, length - 1, device=input_ids.device)
+
+
 def response_logits(lm, input_ids, attention_mask, n_response: int, temperature: float,
                     hidden: bool = False):
     """Logits (B, T, V) / temperature that predict the last `n_response` tokens of each row, and,
-    if `hidden`, the last hidden state (B, T, H) at the same positions (else None)."""
+    if `hidden`, the last hidden state (B, T, H) at the same positions (else None). Only those
+    positions go through the LM head."""
+    keep = response_positions(input_ids, n_response)
     out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-             logits_to_keep=n_response + 1, output_hidden_states=hidden, use_cache=False)
-    logits = out.logits[:, :-1].float() / temperature                      # (B, T, V)
-    h = out.hidden_states[-1][:, -(n_response + 1):-1] if hidden else None  # (B, T, H)
-    return logits, h
+             logits_to_keep=keep, output_hidden_states=hidden, use_cache=False)
+    logits = out.logits.float()                                            # (B, T, V)
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logits, (out.hidden_states[-1][:, keep] if hidden else None)    # (B, T, H)
 
 
 def zero_head(hidden_size: int) -> nn.Linear:
@@ -64,7 +73,7 @@ class Critic(nn.Module):
     def forward(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                           position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
-        return self.head(h[:, -(n_response + 1):-1]).squeeze(-1).float()  # (B, T)
+        return self.head(h[:, response_positions(input_ids, n_response)]).squeeze(-1).float()  # (B, T)
 
 
 class ActorCritic(nn.Module):

@@ -24,6 +24,18 @@ class InvariantError(AssertionError):
     """The first minibatch of an iteration saw a policy that differs from the rollout policy."""
 
 
+def ppo_optimizer(params, lr: float) -> torch.optim.Optimizer:
+    """AdamW (ε 1e-5, no weight decay), as one fused kernel over all parameters."""
+    return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=0.0, fused=True)
+
+
+def to_floats(stats: dict) -> dict[str, float]:
+    """Scalar tensors and numbers -> floats, with one device transfer for all the tensors."""
+    keys = [k for k, v in stats.items() if torch.is_tensor(v)]
+    floats = dict(zip(keys, torch.stack([stats[k].float() for k in keys]).tolist())) if keys else {}
+    return {k: floats[k] if k in floats else float(v) for k, v in stats.items()}
+
+
 class PPOModule(pl.LightningModule):
     def __init__(self, actor_critic, ref_lm, tokenizer, reward, s, seed: int = 0):
         """actor_critic: ActorCritic; ref_lm: frozen copy of the starting policy; reward: has
@@ -83,6 +95,8 @@ class PPOModule(pl.LightningModule):
                  "ppo/returns/mean": masked_mean(returns, mask),
                  "ppo/response/len_mean": mask.sum(1).float().mean(),
                  "ppo/response/eos_rate": roll.has_eos.float().mean()}
+        if s.ent_coef == 0:  # the rollout policy's entropy (with a bonus, the update's is logged)
+            stats["ppo/policy/entropy"] = masked_mean(entropy_from_logits(logits), mask)
         if s.sample_every and self.iteration % s.sample_every == 0:
             self.samples += [{"iteration": self.iteration, "prompt": p, "response": t, "score": float(sc)}
                              for p, t, sc in zip(batch["prompts"], roll.texts, scores.tolist())][:s.n_samples]
@@ -95,14 +109,16 @@ class PPOModule(pl.LightningModule):
         logp = logprobs_from_logits(logits, mb.response)                                    # (b, T)
         pg, pg_stats = policy_loss(logp, mb.logprobs, mb.advantages, mb.mask, s.clip_eps)
         vf, vf_stats = value_loss(values, mb.values, mb.returns, mb.mask, s.value_clip_eps)
-        with torch.set_grad_enabled(s.ent_coef > 0 and torch.is_grad_enabled()):  # else only logged
-            entropy = masked_mean(entropy_from_logits(logits), mb.mask)
+        bonus = s.ent_coef > 0  # without an entropy bonus, the entropy is logged once per rollout
+        entropy = masked_mean(entropy_from_logits(logits), mb.mask) if bonus else logits.new_zeros(())
         loss = total_loss(pg, vf, entropy, s.vf_coef, s.ent_coef)
         stats = {"ppo/policy/loss": pg.detach(), "ppo/policy/clipfrac": pg_stats["clipfrac"],
                  "ppo/policy/approx_kl": pg_stats["approx_kl"], "ppo/policy/ratio": pg_stats["ratio"],
-                 "ppo/policy/entropy": entropy.detach(), "ppo/value/loss": vf.detach(),
+                 "ppo/value/loss": vf.detach(),
                  "ppo/value/clipfrac": vf_stats["clipfrac"], "ppo/value/explained_var": vf_stats["explained_var"],
                  "ppo/loss/total": loss.detach()}
+        if bonus:
+            stats["ppo/policy/entropy"] = entropy.detach()
         return loss, stats, logp.detach()
 
     def check_invariants(self, logp: torch.Tensor, mb: Experience, stats: dict) -> None:
@@ -132,7 +148,7 @@ class PPOModule(pl.LightningModule):
                     self.check_invariants(logp, mb, mb_stats)
                 opt.zero_grad()
                 self.manual_backward(loss)
-                self.clip_gradients(opt, gradient_clip_val=s.max_grad_norm, gradient_clip_algorithm="norm")
+                mb_stats["ppo/policy/grad_norm"] = self.clip_grad_norm()
                 opt.step()
                 stats.append(mb_stats)
                 past_target = s.target_kl is not None and mb_stats["ppo/policy/approx_kl"].item() > s.target_kl
@@ -140,6 +156,15 @@ class PPOModule(pl.LightningModule):
                     break
             epochs += 1
         return {k: torch.stack([d[k] for d in stats]).mean() for k in stats[0]}, epochs
+
+    def clip_grad_norm(self) -> torch.Tensor:
+        """Scale the gradients to a global norm of at most max_grad_norm; only when above it (a
+        multiply over every gradient costs as much as the optimizer step). Returns the norm."""
+        params = [p for p in self.trained if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if norm > self.s.max_grad_norm:
+            torch.nn.utils.clip_grads_with_norm_(params, self.s.max_grad_norm, norm)
+        return norm
 
     # -- one iteration -------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -154,11 +179,12 @@ class PPOModule(pl.LightningModule):
         stats.update(update_stats)
         stats.update({"ppo/update/epochs": float(epochs), "ppo/perf/rollout_s": t1 - t0,
                       "ppo/perf/update_s": t2 - t1, "ppo/perf/tokens_per_s": tokens / (t2 - t0)})
+        stats = to_floats(stats)
         self.log_dict(stats, on_step=True, on_epoch=False, batch_size=len(exp))
         self.log_dict({"score": stats["ppo/reward/score_mean"], "kl": stats["ppo/kl/ref"]},
                       prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=len(exp))
         self.timings.append({"rollout_s": t1 - t0, "update_s": t2 - t1, "width": exp.response.shape[1]})
-        self.after_iteration(stats["ppo/reward/score_mean"].item())
+        self.after_iteration(stats["ppo/reward/score_mean"])
 
     def after_iteration(self, score_mean: float) -> None:
         """Count the iteration; stop at max_steps or when the moving average of the score reaches
@@ -176,7 +202,8 @@ class PPOModule(pl.LightningModule):
             self.trainer.should_stop = True
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.policy.parameters(), lr=self.s.lr, eps=1e-5, weight_decay=0.0)
+        self.trained = [p for p in self.policy.parameters() if p.requires_grad]
+        return ppo_optimizer(self.trained, self.s.lr)
 
     # -- resuming ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
