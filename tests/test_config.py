@@ -27,7 +27,7 @@ def test_every_option_composes_and_validates(group, option):
     built = validate_config(cfg)
     assert built["run"].stage == "pipeline"
     for name in ("data", "model", "reward", "logger", "paths", "algorithm", "sft", "collect", "prepare",
-                 "reward_model"):
+                 "reward_model", "eval"):
         assert not OmegaConf.is_config(built[name]), name  # a settings object, built and checked
 
 
@@ -73,3 +73,21 @@ def test_wrong_types_and_missing_values_are_refused():
 def test_flatten_gives_dotted_scalar_params():
     assert flatten({"a": {"b": 1, "_target_": "x", "c": [1, 2]}, "d": None}) == {
         "a.b": 1, "a.c.0": 1, "a.c.1": 2, "d": None}
+
+
+@pytest.mark.parametrize("path", [CONF / "config.yaml", *sorted(CONF.glob("algorithm/*.yaml"))])
+def test_every_setting_has_a_comment_giving_its_meaning(path):
+    """House rule: a comment beside each config key gives its symbol and meaning."""
+    bare = [line for line in path.read_text().splitlines()
+            if line.startswith("  ") and not line.startswith("  - ") and ":" in line
+            and "_target_" not in line and "#" not in line]
+    assert bare == []
+
+
+def test_bad_ppo_settings_are_refused_when_the_config_is_composed():
+    cfg = compose("algorithm.clip_eps=0", "algorithm.kl_estimator=k2", "algorithm.minibatches=64")
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg, {"algorithm": "ppo"})
+    msg = str(err.value)
+    assert "(conf/algorithm/ppo.yaml)" in msg and "algorithm.clip_eps = 0.0: expected a value > 0" in msg
+    assert "algorithm.kl_estimator = 'k2': expected one of 'k1', 'k3'" in msg

@@ -102,10 +102,9 @@ def local_model(path) -> HFModel:
 def init_reward_head(model):
     """Re-initialise the one-output head with a small normal, std = 1/sqrt(hidden + 1), bias 0."""
     import torch
-    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1]
-    if not heads:
-        raise ValueError(f"{type(model).__name__} has no one-output linear head")
-    head = heads[-1]
+
+    from rlhf_exp.models.value import one_output_head
+    head = one_output_head(model)
     torch.nn.init.normal_(head.weight, std=(head.in_features + 1) ** -0.5)
     if head.bias is not None:
         torch.nn.init.zeros_(head.bias)
