@@ -36,15 +36,19 @@ def tiny_models(n_layer: int, n_head: int, n_embd: int):
     return tokenizer, spec.causal_lm(tokenizer), spec.sequence_classifier(tokenizer)
 
 
-def ppo_settings(**overrides):
-    """conf/algorithm/ppo.yaml's defaults with the benchmark's sizes, checked like any config."""
+def algorithm_settings(name: str, **overrides):
+    """conf/algorithm/<name>.yaml's defaults with the benchmark's sizes, checked like any config."""
     from omegaconf import OmegaConf
 
     from rlhf_exp.config import build_node
-    node = OmegaConf.load(CONF / "algorithm" / "ppo.yaml").algorithm
+    node = OmegaConf.load(CONF / "algorithm" / f"{name}.yaml").algorithm
     for k, v in overrides.items():
         node[k] = v
     return build_node(node, "algorithm")
+
+
+def ppo_settings(**overrides):
+    return algorithm_settings("ppo", **overrides)
 
 
 class Interleaved(pl.Callback):
@@ -59,7 +63,7 @@ class Interleaved(pl.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.steps.append(time.perf_counter() - self.t0)
-        self.floors.append(self.floor(batch, module.timings[-1]["width"]))
+        self.floors.append(self.floor(batch, module))
 
 
 def ppo_floor(lm, ref, rm, batch, s, width: int) -> dict[str, float]:
@@ -119,7 +123,7 @@ def bench_ppo(args) -> dict:
         dm = PromptDataModule(prompts, tokenizer, s.batch_size, seed=0)
         floor_models = (copy.deepcopy(lm).eval(), copy.deepcopy(lm).eval(), copy.deepcopy(rm).eval())
         module = PPOModule(ActorCritic(lm), copy.deepcopy(lm), tokenizer, reward, s)
-        timer = Interleaved(lambda batch, width: ppo_floor(*floor_models, batch, s, width))
+        timer = Interleaved(lambda batch, m: ppo_floor(*floor_models, batch, s, m.timings[-1]["width"]))
         trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, accelerator="cpu", callbacks=[timer])
         trainer.fit(module, datamodule=dm)
@@ -144,6 +148,52 @@ def bench_ppo(args) -> dict:
             "overhead_strict": round(step / median(f["step"] - f["optimizer"] for f in floors), 3)}
 
 
+def dpo_floor(lm, opt, batch) -> float:
+    """The bare work of one DPO step: a forward of chosen and rejected rows, a backward, a step."""
+    t0 = time.perf_counter()
+    logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits.float().mean().backward()
+    opt.step()
+    opt.zero_grad()
+    return time.perf_counter() - t0
+
+
+def bench_dpo(args) -> dict:
+    from rlhf_exp.modules.data import RowsDataModule, pair_rows_collate
+    from rlhf_exp.modules.dpo import DPOModule, reference_logps
+    from rlhf_exp.modules.ppo import ppo_optimizer
+    pl.seed_everything(0, verbose=False)
+    tokenizer, lm, _ = tiny_models(args.n_layer, args.n_head, args.n_embd)
+    s = algorithm_settings("dpo", batch_size=args.batch, max_len=args.seq_len, epochs=1, warmup_steps=0,
+                           val_fraction=0.0)
+    g = torch.Generator().manual_seed(0)
+    half = args.seq_len // 2  # prompt tokens; the rest is the completion
+
+    def encoded(prompt):
+        ids = prompt + torch.randint(3, len(tokenizer), (args.seq_len - half,), generator=g).tolist()
+        return ids, [-100] * half + ids[half:]
+    rows = []
+    for i in range(args.batch * (args.steps + args.warmup)):
+        prompt = torch.randint(3, len(tokenizer), (half,), generator=g).tolist()
+        rows.append({"prompt": str(i), "chosen": encoded(prompt), "rejected": encoded(prompt)})
+    collate = pair_rows_collate(tokenizer.pad_token_id)
+    for start in range(0, len(rows), 64):  # cached once, as the stage does
+        for row, ref in zip(rows[start:start + 64], reference_logps(lm, [collate(rows[start:start + 64])])):
+            row["ref"] = ref
+    floor_lm = copy.deepcopy(lm).eval()
+    floor_opt = ppo_optimizer(floor_lm.parameters(), lr=1e-6)
+    timer = Interleaved(lambda batch, m: {"step": dpo_floor(floor_lm, floor_opt, batch)})
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", limit_val_batches=0, callbacks=[timer])
+    trainer.fit(DPOModule(lm, s), datamodule=RowsDataModule(rows, collate, s.batch_size, 0.0, seed=0))
+    step = median(timer.steps[args.warmup:])
+    floor = median(f["step"] for f in timer.floors[args.warmup:])
+    return {"bench": "dpo", "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps,
+            "n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd,
+            "threads": torch.get_num_threads(), "median_step_s": round(step, 4),
+            "floor_step_s": round(floor, 4), "overhead": round(step / floor, 3)}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlhf_exp.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,10 +205,16 @@ def main(argv=None) -> None:
     ppo.add_argument("--minibatches", type=int, default=4)
     ppo.add_argument("--steps", type=int, default=16, help="iterations measured (after --warmup)")
     ppo.add_argument("--warmup", type=int, default=2, help="iterations run first and not measured")
-    for name, default in (("--n-layer", 2), ("--n-head", 4), ("--n-embd", 128)):
-        ppo.add_argument(name, type=int, default=default)
+    dpo = sub.add_parser("dpo", help="DPO steps against their floor")
+    dpo.add_argument("--batch", type=int, default=16, help="pairs per step")
+    dpo.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (half prompt, half completion)")
+    dpo.add_argument("--steps", type=int, default=30, help="steps measured (after --warmup)")
+    dpo.add_argument("--warmup", type=int, default=3)
+    for p in (ppo, dpo):
+        for name, default in (("--n-layer", 2), ("--n-head", 4), ("--n-embd", 128)):
+            p.add_argument(name, type=int, default=default)
     args = parser.parse_args(argv)
-    print(json.dumps(bench_ppo(args)))
+    print(json.dumps(bench_ppo(args) if args.bench == "ppo" else bench_dpo(args)))
 
 
 if __name__ == "__main__":

@@ -200,3 +200,20 @@ def test_multirun_tags_each_job_with_the_sweep_and_goes_on_after_a_failed_job(cl
     assert sorted(r.data.tags["sweep_job"] for r in runs) == ["0", "2"]
     assert sorted(r.data.params["data.noise"] for r in runs) == ["0.1", "0.3"]
     assert (tmp_path / "outputs/sweep/2/pairs.jsonl").is_file()
+
+
+def test_dpo_is_one_override_away(cli, tmp_path):
+    proc = cli("experiment=smoke", "algorithm=dpo")
+    client, runs = mlflow_runs(tmp_path)
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
+    assert list(children) == ["sft", "collect", "prepare", "reward", "align", "eval"]
+    assert all(r.data.tags["algorithm"] == "dpo" and r.info.status == "FINISHED" for r in runs)
+    align = children["align"]
+    assert align.data.params["algorithm.loss_type"] == "sigmoid" and "algorithm.clip_eps" not in align.data.params
+    assert {"dpo/train/loss", "dpo/rewards/chosen", "dpo/rewards/rejected", "dpo/rewards/accuracy",
+            "dpo/rewards/margin", "dpo/val/loss"} <= set(align.data.metrics)
+    assert not any(k.startswith("ppo/") for k in align.data.metrics)
+    assert {"eval/gold/policy", "eval/win_rate", "eval/kl/policy_ref"} <= set(children["eval"].data.metrics)
+    from transformers import AutoModelForCausalLM
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "outputs/run/policy").config.n_embd == 32
+    assert "align (dpo, sigmoid, beta 0.1)" in proc.stdout and "== before (reference) and after" in proc.stdout

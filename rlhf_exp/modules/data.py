@@ -19,21 +19,43 @@ def split_by_prompt(rows: list[dict], val_fraction: float, seed: int) -> tuple[l
     return [r for r in rows if r["prompt"] not in val], [r for r in rows if r["prompt"] in val]
 
 
+def encode_completion(tokenizer, prompt: str, completion: str, max_len: int) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of prompt + completion + EOS, cut at max_len; labels −100 on the prompt."""
+    p = tokenizer(format_prompt(prompt), add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return (p + c)[:max_len], ([-100] * len(p) + c)[:max_len]
+
+
+def right_padded(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    """(ids, labels) rows -> input_ids, attention_mask, labels padded on the right (positions from 0)."""
+    width = max(len(ids) for ids, _ in encoded)
+    pad = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]  # noqa: E731
+    ids, labels = zip(*encoded)
+    return {"input_ids": torch.tensor(pad(ids, pad_id)),
+            "attention_mask": torch.tensor(pad([[1] * len(x) for x in ids], 0)),
+            "labels": torch.tensor(pad(labels, -100))}
+
+
 def sft_collate(tokenizer, max_len: int):
     """(prompt, completion) rows -> right-padded input_ids, attention_mask, labels (−100 off the completion)."""
+    return lambda rows: right_padded([encode_completion(tokenizer, r["prompt"], r["completion"], max_len)
+                                      for r in rows], tokenizer.pad_token_id)
+
+
+def encode_pairs(tokenizer, pairs: list[dict], max_len: int) -> list[dict]:
+    """Preference pairs tokenized once: {"prompt", "chosen": (ids, labels), "rejected": (ids, labels)}."""
+    return [{"prompt": p["prompt"], "chosen": encode_completion(tokenizer, p["prompt"], p["chosen"], max_len),
+             "rejected": encode_completion(tokenizer, p["prompt"], p["rejected"], max_len)} for p in pairs]
+
+
+def pair_rows_collate(pad_id: int):
+    """Encoded pairs -> one right-padded batch, every chosen row then every rejected row (one
+    forward pass for both), with the reference log-probs `ref_logps` (2P,) once they are known."""
     def collate(rows):
-        seqs, labels = [], []
-        for r in rows:
-            p = tokenizer(format_prompt(r["prompt"]), add_special_tokens=False)["input_ids"]
-            c = tokenizer(r["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            ids = (p + c)[:max_len]
-            seqs.append(ids)
-            labels.append(([-100] * len(p) + c)[:max_len])
-        width = max(map(len, seqs))
-        pad = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]  # noqa: E731
-        ids = torch.tensor(pad(seqs, tokenizer.pad_token_id))
-        return {"input_ids": ids, "attention_mask": torch.tensor(pad([[1] * len(s) for s in seqs], 0)),
-                "labels": torch.tensor(pad(labels, -100))}
+        batch = right_padded([r["chosen"] for r in rows] + [r["rejected"] for r in rows], pad_id)
+        if "ref" in rows[0]:
+            batch["ref_logps"] = torch.tensor([r["ref"][0] for r in rows] + [r["ref"][1] for r in rows])
+        return batch
     return collate
 
 

@@ -1,0 +1,71 @@
+"""DPO: the policy learns from preference pairs directly, against a frozen reference whose
+log-probs are computed once, before training (`reference_logps`), not at every step."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from rlhf_exp.core.dpo import dpo_loss
+from rlhf_exp.core.ops import logprobs_from_logits
+
+
+def completion_logps(lm, batch) -> torch.Tensor:
+    """Σ log p of each row's completion tokens (labels ≠ −100), right-padded rows: (N,)."""
+    logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    targets = batch["labels"][:, 1:]                                       # (N, L − 1)
+    mask = targets != -100
+    logp = logprobs_from_logits(logits[:, :-1], targets.clamp(min=0))     # (N, L − 1)
+    return (logp * mask).sum(-1)
+
+
+@torch.no_grad()
+def reference_logps(lm, loader) -> list[tuple[float, float]]:
+    """(chosen, rejected) completion log-probs of every pair under the reference, in loader order."""
+    was_training = lm.training
+    lm.eval()
+    out = []
+    for batch in loader:
+        logps = completion_logps(lm, batch).tolist()
+        half = len(logps) // 2
+        out += list(zip(logps[:half], logps[half:]))
+    lm.train(was_training)
+    return out
+
+
+class DPOModule(pl.LightningModule):
+    def __init__(self, policy, s):
+        """policy: the causal LM being aligned; s: the `algorithm` settings (DPOSettings)."""
+        super().__init__()
+        self.policy, self.s = policy, s
+
+    def on_train_batch_start(self, batch, batch_idx):
+        """Dropout off, as for the reference log-probs (eval mode; gradients flow as usual)."""
+        self.policy.eval()
+
+    def _step(self, batch, stage: str):
+        logps = completion_logps(self.policy, batch)         # chosen rows, then rejected rows: (2P,)
+        n = logps.shape[0] // 2
+        ref = batch["ref_logps"]
+        losses, chosen, rejected = dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], self.s.beta,
+                                            self.s.loss_type, self.s.label_smoothing)
+        loss = losses.mean()
+        prefix = "dpo/train" if stage == "train" else "dpo/val"
+        rewards = "dpo/rewards" if stage == "train" else "dpo/val/rewards"
+        self.log_dict({f"{prefix}/loss": loss, f"{rewards}/chosen": chosen.mean(),
+                       f"{rewards}/rejected": rejected.mean(),
+                       f"{rewards}/accuracy": (chosen > rejected).float().mean(),
+                       f"{rewards}/margin": (chosen - rejected).mean()},
+                      prog_bar=stage == "train", batch_size=n)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.policy.parameters(), lr=self.s.lr, weight_decay=0.0, fused=True)
+        warmup = max(1, self.s.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,73 @@
+"""DPO on tiny sizes: completion log-probs, reference log-probs cached once, the loss at the start
+(policy = reference: log 2), one training run that separates chosen from rejected."""
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from rlhf_exp.models.factory import TinyGPT2
+from rlhf_exp.modules.data import RowsDataModule, encode_pairs, pair_rows_collate
+from rlhf_exp.modules.dpo import DPOModule, completion_logps, reference_logps
+from rlhf_exp.stages.dpo import DPOSettings
+
+TINY = dict(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=512, dropout=0.1)
+PAIRS = [{"prompt": f"How do I {verb} a {thing}?", "chosen": f"Carefully {verb} the {thing}, step by step.",
+          "rejected": f"You are wrong about the {thing}."}
+         for verb in ("fix", "clean", "paint", "move") for thing in ("bike", "door", "lamp", "chair")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    spec = TinyGPT2(**TINY, tokenizer_dir=str(tmp_path_factory.mktemp("tok")))
+    return spec, spec.tokenizer()
+
+
+def settings(**kw):
+    return DPOSettings(**{"name": "dpo", "policy": None, "pairs": None, "beta": 0.1, "loss_type": "sigmoid",
+                          "label_smoothing": 0.0, "epochs": 1, "batch_size": 4, "lr": 3e-3, "warmup_steps": 0,
+                          "max_len": 64, "val_fraction": 0.25, **kw})
+
+
+def test_completion_logps_sum_the_completion_tokens_and_ignore_padding(tiny):
+    spec, tok = tiny
+    torch.manual_seed(0)
+    lm = spec.causal_lm(tok).eval()
+    rows = encode_pairs(tok, PAIRS[:3], 64)
+    batch = pair_rows_collate(tok.pad_token_id)(rows)
+    together = completion_logps(lm, batch)                                # (6,): 3 chosen, then 3 rejected
+    ids, labels = rows[1]["rejected"]
+    alone = pair_rows_collate(tok.pad_token_id)([{"chosen": (ids, labels), "rejected": (ids, labels)}])
+    with torch.no_grad():
+        logits = lm(input_ids=alone["input_ids"][:1]).logits[0]
+    by_hand = sum(torch.log_softmax(logits[t - 1], -1)[ids[t]] for t in range(len(ids)) if labels[t] != -100)
+    assert torch.isclose(together[4], by_hand, atol=1e-4)
+
+
+def test_dpo_starts_at_log_2_and_learns_to_prefer_the_chosen(tiny):
+    spec, tok = tiny
+    torch.manual_seed(0)
+    lm = spec.causal_lm(tok)
+    rows = encode_pairs(tok, PAIRS, 64)
+    collate = pair_rows_collate(tok.pad_token_id)
+    for row, ref in zip(rows, reference_logps(lm, [collate(rows)])):
+        row["ref"] = ref
+    assert lm.training  # reference_logps leaves the mode as it found it (dropout was off inside)
+    dm = RowsDataModule(rows, collate, batch_size=4, val_fraction=0.25, seed=0)
+    module = DPOModule(lm, settings(epochs=8))
+    trainer = pl.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", log_every_n_steps=1)
+    start = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    assert start["dpo/val/loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy = cached reference
+    assert start["dpo/val/rewards/margin"] == pytest.approx(0, abs=1e-5)
+
+    trainer.fit(module, datamodule=dm)
+    m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert {"dpo/train/loss", "dpo/rewards/chosen", "dpo/rewards/rejected", "dpo/rewards/accuracy",
+            "dpo/rewards/margin", "dpo/val/loss"} <= set(m)
+    assert m["dpo/val/loss"] < math.log(2) and m["dpo/val/rewards/margin"] > 0
+
+
+def test_loss_types_are_checked_when_the_settings_are_built():
+    with pytest.raises(ValueError, match="loss_type = 'kto': expected one of 'sigmoid', 'ipo', 'hinge'"):
+        settings(loss_type="kto")
