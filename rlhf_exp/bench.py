@@ -160,7 +160,7 @@ def dpo_floor(lm, opt, batch) -> float:
 
 def bench_dpo(args) -> dict:
     from rlhf_exp.modules.data import RowsDataModule, pair_rows_collate
-    from rlhf_exp.modules.dpo import DPOModule, reference_logps
+    from rlhf_exp.modules.dpo import DPOModule, cache_reference_logps
     from rlhf_exp.modules.ppo import ppo_optimizer
     pl.seed_everything(0, verbose=False)
     tokenizer, lm, _ = tiny_models(args.n_layer, args.n_head, args.n_embd)
@@ -177,9 +177,7 @@ def bench_dpo(args) -> dict:
         prompt = torch.randint(3, len(tokenizer), (half,), generator=g).tolist()
         rows.append({"prompt": str(i), "chosen": encoded(prompt), "rejected": encoded(prompt)})
     collate = pair_rows_collate(tokenizer.pad_token_id)
-    for start in range(0, len(rows), 64):  # cached once, as the stage does
-        for row, ref in zip(rows[start:start + 64], reference_logps(lm, [collate(rows[start:start + 64])])):
-            row["ref"] = ref
+    cache_reference_logps(lm, rows, collate)  # once, before training, as the stage does
     floor_lm = copy.deepcopy(lm).eval()
     floor_opt = ppo_optimizer(floor_lm.parameters(), lr=1e-6)
     timer = Interleaved(lambda batch, m: {"step": dpo_floor(floor_lm, floor_opt, batch)})

@@ -8,7 +8,7 @@ import torch
 
 from rlhf_exp.models.factory import TinyGPT2
 from rlhf_exp.modules.data import RowsDataModule, encode_pairs, pair_rows_collate
-from rlhf_exp.modules.dpo import DPOModule, completion_logps, reference_logps
+from rlhf_exp.modules.dpo import DPOModule, cache_reference_logps, completion_logps
 from rlhf_exp.stages.dpo import DPOSettings
 
 TINY = dict(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=512, dropout=0.1)
@@ -50,9 +50,8 @@ def test_dpo_starts_at_log_2_and_learns_to_prefer_the_chosen(tiny):
     lm = spec.causal_lm(tok)
     rows = encode_pairs(tok, PAIRS, 64)
     collate = pair_rows_collate(tok.pad_token_id)
-    for row, ref in zip(rows, reference_logps(lm, [collate(rows)])):
-        row["ref"] = ref
-    assert lm.training  # reference_logps leaves the mode as it found it (dropout was off inside)
+    cache_reference_logps(lm, rows, collate, batch_size=5)
+    assert lm.training and len({r["ref"] for r in rows}) == len(rows)  # mode restored; one pair each
     dm = RowsDataModule(rows, collate, batch_size=4, val_fraction=0.25, seed=0)
     module = DPOModule(lm, settings(epochs=8))
     trainer = pl.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,

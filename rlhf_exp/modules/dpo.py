@@ -1,5 +1,5 @@
 """DPO: the policy learns from preference pairs directly, against a frozen reference whose
-log-probs are computed once, before training (`reference_logps`), not at every step."""
+log-probs are computed once, before training (`cache_reference_logps`), not at every step."""
 from __future__ import annotations
 
 import pytorch_lightning as pl
@@ -19,17 +19,17 @@ def completion_logps(lm, batch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_logps(lm, loader) -> list[tuple[float, float]]:
-    """(chosen, rejected) completion log-probs of every pair under the reference, in loader order."""
+def cache_reference_logps(lm, rows: list[dict], collate, batch_size: int = 64) -> None:
+    """Add to every encoded pair its (chosen, rejected) completion log-probs under `lm`, the
+    reference (in eval mode: no dropout), as `row["ref"]`; computed once, before training."""
     was_training = lm.training
     lm.eval()
-    out = []
-    for batch in loader:
-        logps = completion_logps(lm, batch).tolist()
-        half = len(logps) // 2
-        out += list(zip(logps[:half], logps[half:]))
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        logps = completion_logps(lm, collate(chunk)).tolist()
+        for row, chosen, rejected in zip(chunk, logps[:len(chunk)], logps[len(chunk):]):
+            row["ref"] = (chosen, rejected)
     lm.train(was_training)
-    return out
 
 
 class DPOModule(pl.LightningModule):

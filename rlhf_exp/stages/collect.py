@@ -78,8 +78,7 @@ def run(ctx: StageContext) -> None:
         [RankedSet(p, c, {}, {"set_id": i}) for i, (p, c) in enumerate(sets)]
     ctx.save("feedback", write_jsonl(ctx.run_dir / "feedback.jsonl", map(ranked_to_json, records)))
     if not simulated:
-        (ctx.run_dir / "LABELING.md").write_text(LABELING_GUIDE, encoding="utf-8")
-        ctx.save("labeling_guide", ctx.run_dir / "LABELING.md")
+        ctx.save_text("labeling_guide", "LABELING.md", LABELING_GUIDE)
     if held is not None:
         rows = ({"prompt": p, "completions": c} for p, c in zip(heldout, held.texts))
         ctx.save("heldout", write_jsonl(ctx.run_dir / "heldout.jsonl", rows))

@@ -58,6 +58,19 @@ class StageContext:
         return instantiate(self.cfg.trainer, logger=self.run.lightning_logger(), callbacks=callbacks,
                            **overrides)
 
+    def save_pretrained(self, name: str, dirname: str, model, tokenizer) -> Path:
+        """Save a model and its tokenizer with save_pretrained to run_dir/dirname; record it as `name`."""
+        out = self.run_dir / dirname
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        return self.save(name, out)
+
+    def save_text(self, name: str, filename: str, text: str) -> Path:
+        """Write a text file into the run dir and record it as `name`."""
+        path = self.run_dir / filename
+        path.write_text(text, encoding="utf-8")
+        return self.save(name, path)
+
     def save(self, name: str, path: Path) -> Path:
         """Record an output file: logged as an artifact and passed on to later stages."""
         self.outputs[name] = path

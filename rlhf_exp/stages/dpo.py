@@ -29,7 +29,7 @@ class DPOSettings:
 def run(ctx: StageContext) -> None:
     from rlhf_exp.feedback.formats import read_jsonl
     from rlhf_exp.modules.data import RowsDataModule, encode_pairs, pair_rows_collate
-    from rlhf_exp.modules.dpo import DPOModule, reference_logps
+    from rlhf_exp.modules.dpo import DPOModule, cache_reference_logps
     s: DPOSettings = ctx.built["algorithm"]
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     spec = ctx.model_spec(s.policy, "policy")
@@ -38,19 +38,12 @@ def run(ctx: StageContext) -> None:
     pairs = list(read_jsonl(ctx.input_path(s.pairs, "pairs", "algorithm.pairs")))
     rows = encode_pairs(tokenizer, pairs, s.max_len)
     collate = pair_rows_collate(tokenizer.pad_token_id)
-    # the reference is the starting policy: its log-probs, once, before any update
-    for start in range(0, len(rows), 64):
-        chunk = rows[start:start + 64]
-        for row, ref in zip(chunk, reference_logps(policy, [collate(chunk)])):
-            row["ref"] = ref
+    cache_reference_logps(policy, rows, collate)  # the reference is the starting policy
     dm = RowsDataModule(rows, collate, s.batch_size, s.val_fraction, ctx.cfg.seed)
     trainer = ctx.trainer("align", max_epochs=s.epochs)
     trainer.fit(DPOModule(policy, s), datamodule=dm)
 
-    out = ctx.run_dir / "policy"
-    policy.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    ctx.save("aligned_policy", out)
+    ctx.save_pretrained("aligned_policy", "policy", policy, tokenizer)
     shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("dpo/val/")}
     print(f"align (dpo, {s.loss_type}, beta {s.beta}): {len(dm.train_rows)} train / {len(dm.val_rows)} val pairs; "
           + ", ".join(f"{k} {v:.3f}" for k, v in sorted(shown.items())))

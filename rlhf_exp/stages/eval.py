@@ -106,14 +106,12 @@ def run(ctx: StageContext) -> None:
                                  "aligned": [g.overall for g in gold["policy"]]}
     ctx.run.log_metrics(metrics)
 
-    (ctx.run_dir / "eval_samples.md").write_text(
-        side_by_side(flat_prompts, texts["ref"], texts["policy"], rewards["ref"], rewards["policy"]), encoding="utf-8")
-    ctx.save("eval_samples", ctx.run_dir / "eval_samples.md")
+    ctx.save_text("eval_samples", "eval_samples.md",
+                  side_by_side(flat_prompts, texts["ref"], texts["policy"], rewards["ref"], rewards["policy"]))
     reward_plot(ctx.run_dir / "eval_rewards.png", plotted)
     ctx.save("eval_plot", ctx.run_dir / "eval_rewards.png")
     summary = {"prompts": len(prompts), "responses_per_policy": len(flat_prompts), **metrics}
-    (ctx.run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    ctx.save("eval_summary", ctx.run_dir / "eval_summary.json")
+    ctx.save_text("eval_summary", "eval_summary.json", json.dumps(summary, indent=2) + "\n")
     print(summary_table(metrics))
 
 

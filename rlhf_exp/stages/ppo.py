@@ -93,10 +93,7 @@ def run(ctx: StageContext) -> None:
     trainer = ctx.trainer("align", max_epochs=-1, gradient_clip_val=None, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path)
 
-    out = ctx.run_dir / "policy"
-    lm.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    ctx.save("aligned_policy", out)
+    ctx.save_pretrained("aligned_policy", "policy", lm, tokenizer)
     if module.samples:
         ctx.save("ppo_samples", write_jsonl(ctx.run_dir / "ppo_samples.jsonl", module.samples))
         ctx.run.log_table(module.samples, "ppo_samples_table.json")

@@ -82,10 +82,7 @@ def run(ctx: StageContext) -> None:
     reference = sorted({(r["prompt"], c) for r in rows for c in (r["chosen"], r["rejected"])})
     ref_scores = score(*map(list, zip(*reference))).tolist()
     model.config.reward_mean, model.config.reward_std = mean(ref_scores), pstdev(ref_scores)
-    out = ctx.run_dir / "reward_model"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    ctx.save("reward_model", out)
+    ctx.save_pretrained("reward_model", "reward_model", model, tokenizer)
 
     metrics = {"reward/norm/mean": model.config.reward_mean, "reward/norm/std": model.config.reward_std}
     if ctx.built["data"].simulated:

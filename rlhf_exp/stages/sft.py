@@ -40,11 +40,7 @@ def run(ctx: StageContext) -> None:
     print(f"sft: {len(dm.train_rows)} train / {len(dm.val_rows)} val demonstrations, "
           f"val loss {float(trainer.callback_metrics.get('sft/val/loss', float('nan'))):.3f}")
 
-    out = ctx.run_dir / "sft"
-    policy.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    ctx.save("policy", out)
+    ctx.save_pretrained("policy", "sft", policy, tokenizer)
     if module.samples:
-        (ctx.run_dir / "sft_samples.txt").write_text("\n\n".join(module.samples) + "\n", encoding="utf-8")
-        ctx.save("sft_samples", ctx.run_dir / "sft_samples.txt")
+        ctx.save_text("sft_samples", "sft_samples.txt", "\n\n".join(module.samples) + "\n")
         print(module.samples[-1])
