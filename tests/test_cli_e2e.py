@@ -216,4 +216,4 @@ def test_dpo_is_one_override_away(cli, tmp_path):
     assert {"eval/gold/policy", "eval/win_rate", "eval/kl/policy_ref"} <= set(children["eval"].data.metrics)
     from transformers import AutoModelForCausalLM
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "outputs/run/policy").config.n_embd == 32
-    assert "align (dpo, sigmoid, beta 0.1)" in proc.stdout and "== before (reference) and after" in proc.stdout
+    assert "align (dpo, sigmoid, beta 0.5)" in proc.stdout and "== before (reference) and after" in proc.stdout
