@@ -149,9 +149,13 @@ def bench_ppo(args) -> dict:
 
 
 def dpo_floor(lm, opt, batch) -> float:
-    """The bare work of one DPO step: a forward of chosen and rejected rows, a backward, a step."""
+    """The bare work of one DPO step: a forward of chosen and rejected rows (logits at the positions
+    that predict completion tokens, as the step computes them), a backward, an optimizer step."""
     t0 = time.perf_counter()
-    logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    keep = torch.zeros_like(batch["labels"], dtype=torch.bool)  # the same positions as the step's
+    keep[:, :-1] = batch["labels"][:, 1:] != -100
+    logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep,
+                use_cache=False).logits
     logits.float().mean().backward()
     opt.step()
     opt.zero_grad()

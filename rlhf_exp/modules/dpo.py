@@ -7,15 +7,21 @@ import torch
 
 from rlhf_exp.core.dpo import dpo_loss
 from rlhf_exp.core.ops import logprobs_from_logits
+from rlhf_exp.modules.metrics import to_floats
 
 
 def completion_logps(lm, batch) -> torch.Tensor:
-    """Σ log p of each row's completion tokens (labels ≠ −100), right-padded rows: (N,)."""
-    logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    targets = batch["labels"][:, 1:]                                       # (N, L − 1)
-    mask = targets != -100
-    logp = logprobs_from_logits(logits[:, :-1], targets.clamp(min=0))     # (N, L − 1)
-    return (logp * mask).sum(-1)
+    """Σ log p of each row's completion tokens (labels ≠ −100), right-padded rows: (N,).
+    Only the positions that predict a completion token go through the LM head (a boolean
+    `logits_to_keep`), not the prompt's or the padding's."""
+    labels = batch["labels"]                                               # (N, L)
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100                                   # position t predicts token t + 1
+    logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep,
+                use_cache=False).logits                                    # (K, V), K kept positions
+    logp = logprobs_from_logits(logits, labels[:, 1:][keep[:, :-1]])      # (K,)
+    rows = keep.nonzero()[:, 0]                                            # the row of each kept position
+    return torch.zeros(labels.shape[0], dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
 
 
 @torch.no_grad()
@@ -51,11 +57,11 @@ class DPOModule(pl.LightningModule):
         loss = losses.mean()
         prefix = "dpo/train" if stage == "train" else "dpo/val"
         rewards = "dpo/rewards" if stage == "train" else "dpo/val/rewards"
-        self.log_dict({f"{prefix}/loss": loss, f"{rewards}/chosen": chosen.mean(),
-                       f"{rewards}/rejected": rejected.mean(),
-                       f"{rewards}/accuracy": (chosen > rejected).float().mean(),
-                       f"{rewards}/margin": (chosen - rejected).mean()},
-                      prog_bar=stage == "train", batch_size=n)
+        stats = to_floats({f"{prefix}/loss": loss, f"{rewards}/chosen": chosen.mean(),
+                           f"{rewards}/rejected": rejected.mean(),
+                           f"{rewards}/accuracy": (chosen > rejected).float().mean(),
+                           f"{rewards}/margin": (chosen - rejected).mean()})  # one device sync
+        self.log_dict(stats, prog_bar=stage == "train", batch_size=n)
         return loss
 
     def training_step(self, batch, batch_idx):

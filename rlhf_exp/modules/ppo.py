@@ -17,6 +17,7 @@ from rlhf_exp.core.kl import KL_ESTIMATORS
 from rlhf_exp.core.ops import entropy_from_logits, logprobs_from_logits, masked_mean, masked_whiten
 from rlhf_exp.core.ppo import (AdaptiveKLController, FixedKLController, gae, policy_loss, shape_rewards,
                                total_loss, value_loss)
+from rlhf_exp.modules.metrics import to_floats
 from rlhf_exp.modules.rollout import Experience, rollout_logprobs, sample_responses
 
 
@@ -27,13 +28,6 @@ class InvariantError(AssertionError):
 def ppo_optimizer(params, lr: float) -> torch.optim.Optimizer:
     """AdamW (ε 1e-5, no weight decay), as one fused kernel over all parameters."""
     return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=0.0, fused=True)
-
-
-def to_floats(stats: dict) -> dict[str, float]:
-    """Scalar tensors and numbers -> floats, with one device transfer for all the tensors."""
-    keys = [k for k, v in stats.items() if torch.is_tensor(v)]
-    floats = dict(zip(keys, torch.stack([stats[k].float() for k in keys]).tolist())) if keys else {}
-    return {k: floats[k] if k in floats else float(v) for k, v in stats.items()}
 
 
 class PPOModule(pl.LightningModule):
