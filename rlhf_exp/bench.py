@@ -66,13 +66,18 @@ class Interleaved(pl.Callback):
         self.floors.append(self.floor(batch, module))
 
 
-def ppo_floor(lm, ref, rm, batch, s, width: int) -> dict[str, float]:
+def clip_as_configured(params, max_norm: float) -> None:
+    """Gradient clipping as the module does it (scaled only when the norm is above the limit)."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if norm > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+
+
+def ppo_floor(lm, ref, rm, opt, batch, s, width: int) -> dict[str, float]:
     """The bare model work of one PPO iteration with the same shapes (see the module docstring)."""
     from rlhf_exp.models.value import position_ids, response_positions
     ids, att = batch["input_ids"], batch["attention_mask"]
-    from rlhf_exp.modules.ppo import ppo_optimizer
-    params = list(lm.parameters())
-    opt = ppo_optimizer(params, lr=1e-6)
+    params = opt.param_groups[0]["params"]
     t0 = time.perf_counter()
     with torch.no_grad():
         out = lm.generate(input_ids=ids, attention_mask=att, max_new_tokens=width, min_new_tokens=width,
@@ -96,7 +101,7 @@ def ppo_floor(lm, ref, rm, batch, s, width: int) -> dict[str, float]:
                         **{**kw, "attention_mask": full_att[rows], "position_ids": pos[rows]}).logits
             logits.float().mean().backward()
             t = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            clip_as_configured(params, s.max_grad_norm)
             opt.step()
             opt.zero_grad()
             step_s += time.perf_counter() - t
@@ -109,7 +114,7 @@ def bench_ppo(args) -> dict:
     from rlhf_exp.models.reward import LearnedReward
     from rlhf_exp.models.value import ActorCritic
     from rlhf_exp.modules.data import PromptDataModule
-    from rlhf_exp.modules.ppo import PPOModule
+    from rlhf_exp.modules.ppo import PPOModule, ppo_optimizer
     pl.seed_everything(0, verbose=False)
     tokenizer, lm, rm = tiny_models(args.n_layer, args.n_head, args.n_embd)
     s = ppo_settings(batch_size=args.batch, response_len=args.resp_len, ppo_epochs=args.ppo_epochs,
@@ -122,6 +127,7 @@ def bench_ppo(args) -> dict:
         prompts = World(0, 0.2).train_prompts
         dm = PromptDataModule(prompts, tokenizer, s.batch_size, seed=0)
         floor_models = (copy.deepcopy(lm).eval(), copy.deepcopy(lm).eval(), copy.deepcopy(rm).eval())
+        floor_models += (ppo_optimizer(floor_models[0].parameters(), lr=s.lr),)  # built once, as the module's
         module = PPOModule(ActorCritic(lm), copy.deepcopy(lm), tokenizer, reward, s)
         timer = Interleaved(lambda batch, m: ppo_floor(*floor_models, batch, s, m.timings[-1]["width"]))
         trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

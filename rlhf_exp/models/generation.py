@@ -43,7 +43,7 @@ def sample(model, tokenizer, prompts: list[str], n: int, *, temperature: float, 
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         enc = tokenizer([format_prompt(p) for p in chunk], return_tensors="pt", padding=True,
-                        padding_side="left", add_special_tokens=False)  # as in training.to(model.device)
+                        padding_side="left", add_special_tokens=False).to(model.device)  # as in training
         out = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=n,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                              use_cache=True, **sampling)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+from transformers import GenerationConfig
 
 from rlhf_exp.core.ops import logprobs_from_logits
 from rlhf_exp.core.ppo import response_mask
@@ -31,10 +32,13 @@ class Rollout:
 def sample_responses(lm, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
                      max_new_tokens: int, temperature: float) -> Rollout:
     """Batched sampling (KV cache) from left-padded prompts: plain temperature sampling, no top-k,
-    no top-p, so the log-probs of the update (logits / temperature) are those of the sampler."""
-    out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
-                      do_sample=True, temperature=temperature, top_k=0, top_p=1.0, use_cache=True,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    no top-p, so the log-probs of the update (logits / temperature) are those of the sampler. A
+    generation config of its own, so nothing a checkpoint's generation_config.json sets (a
+    repetition penalty, min-p, …) changes the sampler behind the update's back."""
+    config = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                              max_new_tokens=max_new_tokens, use_cache=True,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     response = out[:, prompt_ids.shape[1]:]                                # (B, T)
     mask, has_eos = response_mask(response, tokenizer.eos_token_id)
     kept = torch.where(mask.bool(), response, tokenizer.pad_token_id)

@@ -79,9 +79,9 @@ def run(ctx: StageContext) -> None:
     data = ctx.built["data"]
     prompts = data.heldout_prompts() or data.train_prompts()
     policy_dir = ctx.input_path(s.policy, "aligned_policy", "eval.policy")
-    ref_spec = ctx.model_spec(s.reference, "policy")
+    ref_dir = ctx.input_path(s.reference, "policy", "eval.reference")
     tokenizer = local_model(policy_dir).tokenizer()
-    policy, ref = local_model(policy_dir).causal_lm(tokenizer), ref_spec.causal_lm(tokenizer)
+    policy, ref = local_model(policy_dir).causal_lm(tokenizer), local_model(ref_dir).causal_lm(tokenizer)
     flat_prompts = [p for p in prompts for _ in range(s.samples_per_prompt)]
     texts, kl = {"ref": [], "policy": []}, []
     for r in sample_rollouts(ref, tokenizer, flat_prompts, s):
