@@ -18,3 +18,9 @@ PIPELINE = tuple(STAGES)
 def stage_function(name: str):
     module, func = STAGES[name].split(":")
     return getattr(importlib.import_module(module), func)
+
+# what an earlier pipeline run left that a later one can take as it is (`reuse=DIR`):
+# output name -> path in that run's directory, and the stage that writes it
+REUSABLE = {"policy": ("sft", "sft"), "feedback": ("feedback.jsonl", "collect"),
+            "heldout": ("heldout.jsonl", "collect"), "pairs": ("pairs.jsonl", "prepare"),
+            "reward_model": ("reward_model", "reward")}

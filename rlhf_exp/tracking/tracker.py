@@ -116,6 +116,9 @@ class MLflowTracker:
         except KeyboardInterrupt:
             status = "KILLED"
             raise
+        except Exception as err:  # recorded with the run, then passed on
+            run.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+            raise
         finally:
             self.client.set_terminated(info.run_id, status)
 

@@ -1,0 +1,203 @@
+"""`rlhf-exp-compare`: read pipeline runs back from MLflow and compare them.
+
+    rlhf-exp-compare --experiment rlhf [--sweep outputs/multirun/DATE] [--metric eval/gold/policy]
+                     [--tracking-uri sqlite:///outputs/mlflow.db] [--out outputs/compare]
+
+One row per pipeline run (a Hydra job): the params that differ between the runs, the final
+metrics of its stages, sorted by the metric. Writes compare.md and PNG plots (reward against KL to
+the reference, one series per algorithm; gold score against reward-model score; learning curves;
+the metric against each swept param) and logs them as artifacts of a summary run named `compare`.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SHOWN = ["eval/gold/policy", "eval/reward/policy", "eval/kl/policy_ref", "eval/toxicity/policy",
+         "eval/win_rate"]
+CURVES = {"ppo": "ppo/reward/score_mean", "dpo": "dpo/rewards/margin"}  # learning curve per algorithm
+NOT_SWEPT = ("paths.", "hydra", "logger.", "reuse", "trainer.default_root_dir", "algorithm.name",
+             "model.tokenizer_dir")  # where things are, not knobs
+
+
+@dataclass
+class Job:
+    """A pipeline run and what its stages logged."""
+    run_id: str
+    name: str
+    status: str
+    algorithm: str
+    params: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    error: str = ""
+
+
+def load_jobs(client, experiment: str, sweep: str | None) -> list[Job]:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise SystemExit(f"--experiment {experiment!r}: no such MLflow experiment at {client.tracking_uri}")
+    query = "tags.stage = 'pipeline'" + (f" and tags.sweep_id = '{sweep}'" if sweep else "")
+    jobs = []
+    for run in client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"]):
+        algorithm = run.data.tags.get("algorithm", "?")
+        job = Job(run.info.run_id, run.info.run_name, run.info.status, algorithm, dict(run.data.params),
+                  dict(run.data.metrics), error=run.data.tags.get("error", ""))
+        children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+        for child in children:
+            job.metrics.update(child.data.metrics)
+            if child.data.tags.get("stage") == "align" and algorithm in CURVES:
+                history = client.get_metric_history(child.info.run_id, CURVES[algorithm])
+                job.curve = sorted((m.step, m.value) for m in history)
+        jobs.append(job)
+    return jobs
+
+
+def swept_params(jobs: list[Job]) -> list[str]:
+    """The knobs of the sweep: params with more than one value among the jobs that have them (an
+    `algorithm.*` key among the jobs of one algorithm: PPO's batch size is not swept by comparing
+    PPO with DPO), less copies of another knob's column (`data.seed` follows `seed`)."""
+    def varies(key: str) -> bool:  # an algorithm's key varies only among the runs of that algorithm
+        groups = {j.algorithm if key.startswith("algorithm.") else "" for j in jobs}
+        return any(len({j.params.get(key) for j in jobs if key in j.params
+                        and (j.algorithm == g or not g)}) > 1 for g in groups)
+
+    swept, columns = [], set()
+    for key in sorted({k for j in jobs for k in j.params}, key=lambda k: (k.count("."), k)):
+        column = tuple(j.params.get(key) for j in jobs)
+        if key.startswith(NOT_SWEPT) or not varies(key) or column in columns:
+            continue
+        swept.append(key)
+        columns.add(column)
+    return swept
+
+
+def sort_key(metric: str):
+    def key(job: Job):
+        value = job.metrics.get(metric)
+        return (value is None or math.isnan(value), -(value or 0.0))
+    return key
+
+
+def table(jobs: list[Job], swept: list[str], metric: str) -> str:
+    """A Markdown table, best first by `metric`."""
+    metrics = [metric] + [m for m in SHOWN if m != metric]
+    head = ["run", "status", "algorithm", *swept, *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for j in sorted(jobs, key=sort_key(metric)):
+        values = [f"{j.metrics[m]:.3f}" if m in j.metrics else "" for m in metrics]
+        lines.append("| " + " | ".join([j.run_id[:8], j.status, j.algorithm,
+                                        *[j.params.get(k, "") for k in swept], *values]) + " |")
+    return "\n".join(lines)
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def plots(jobs: list[Job], swept: list[str], metric: str, out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    done = [j for j in jobs if j.status == "FINISHED"]
+    algorithms = sorted({j.algorithm for j in done})
+    paths = []
+
+    def scatter(name, x, y, xlabel, ylabel, title):
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for alg in algorithms:
+            pts = [(j.metrics[x], j.metrics[y], j) for j in done if j.algorithm == alg and x in j.metrics and y in j.metrics]
+            if pts:
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=alg, s=40)
+                for px, py, j in pts:
+                    ax.annotate(j.run_id[:6], (px, py), fontsize=7, alpha=0.7)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        if algorithms:
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        paths.append(out / name)
+
+    scatter("frontier_reward_vs_kl.png", "eval/kl/policy_ref", "eval/reward/policy",
+            "KL(aligned ‖ reference), nats per response", "reward-model score", "Reward against KL (the frontier)")
+    scatter("gold_vs_reward.png", "eval/reward/policy", "eval/gold/policy", "reward-model score",
+            "gold score", "Gold score against reward-model score (over-optimisation)")
+
+    fig, axes = plt.subplots(1, max(1, len(algorithms)), figsize=(6 * max(1, len(algorithms)), 4), squeeze=False)
+    for ax, alg in zip(axes[0], algorithms or ["-"]):
+        for j in (j for j in done if j.algorithm == alg and j.curve):
+            ax.plot([s for s, _ in j.curve], [v for _, v in j.curve], label=j.run_id[:6], alpha=0.8)
+        ax.set(title=f"{alg}: {CURVES.get(alg, '')}", xlabel="step")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=100)
+    plt.close(fig)
+    paths.append(out / "learning_curves.png")
+
+    if swept:
+        fig, axes = plt.subplots(1, len(swept), figsize=(4.5 * len(swept), 3.8), squeeze=False)
+        for ax, key in zip(axes[0], swept):
+            pts = [(j.params[key], j.metrics[metric]) for j in done if key in j.params and metric in j.metrics]
+            numeric = all(_number(x) is not None for x, _ in pts)
+            cats = sorted({x for x, _ in pts}, key=lambda x: (_number(x) is None, _number(x) or 0, str(x)))
+            xs = [_number(x) if numeric else cats.index(x) for x, _ in pts]
+            ax.scatter(xs, [y for _, y in pts])
+            if not numeric:
+                ax.set_xticks(range(len(cats)), cats)
+            ax.set(xlabel=key, ylabel=metric)
+        fig.tight_layout()
+        fig.savefig(out / "metric_by_param.png", dpi=100)
+        plt.close(fig)
+        paths.append(out / "metric_by_param.png")
+    return paths
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="rlhf-exp-compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="rlhf", help="MLflow experiment (default: rlhf)")
+    parser.add_argument("--sweep", default=None, help="only the jobs of this sweep (their sweep_id tag)")
+    parser.add_argument("--metric", default="eval/gold/policy", help="sort by it and plot it per param")
+    parser.add_argument("--tracking-uri", default="sqlite:///outputs/mlflow.db",
+                        help="MLflow tracking URI (a sqlite file, or a server: http://host:5000)")
+    parser.add_argument("--out", default="outputs/compare", help="where compare.md and the plots go")
+    args = parser.parse_args(argv)
+
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(args.tracking_uri)
+    jobs = load_jobs(client, args.experiment, args.sweep)
+    if not jobs:
+        raise SystemExit(f"no pipeline runs in experiment {args.experiment!r}"
+                         + (f" with sweep_id {args.sweep!r}" if args.sweep else ""))
+    swept = swept_params(jobs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(jobs, swept, args.metric)
+    failed = [j for j in jobs if j.status != "FINISHED"]
+    report = [f"# Comparison: experiment `{args.experiment}`" + (f", sweep `{args.sweep}`" if args.sweep else ""),
+              "", f"{len(jobs)} runs, sorted by `{args.metric}`; swept: {', '.join(swept) or 'nothing'}.", "",
+              text, ""]
+    report += [f"- {j.run_id[:8]} {j.status}: {j.error}" for j in failed if j.error]
+    pngs = plots(jobs, swept, args.metric, out)
+    report += ["", *[f"![{p.stem}]({p.name})" for p in pngs], ""]
+    (out / "compare.md").write_text("\n".join(report), encoding="utf-8")
+    print(text)
+
+    exp = client.get_experiment_by_name(args.experiment)
+    summary = client.create_run(exp.experiment_id, run_name="compare",
+                                tags={"stage": "compare", **({"sweep_id": args.sweep} if args.sweep else {})})
+    for path in [out / "compare.md", *pngs]:
+        client.log_artifact(summary.info.run_id, str(path))
+    client.set_terminated(summary.info.run_id, "FINISHED")
+    print(f"\nwrote {out / 'compare.md'} and {len(pngs)} plots; logged to run {summary.info.run_id[:8]} (compare)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Sweeps as Hydra multiruns that reuse an earlier run's SFT policy and reward model, one MLflow
+run per job, a failed job recorded while the others finish, and rlhf-exp-compare on the result."""
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def pipeline_runs(client, **tags):
+    exp = client.get_experiment_by_name("rlhf")
+    query = " and ".join(["tags.stage = 'pipeline'", *(f"tags.{k} = '{v}'" for k, v in tags.items())])
+    return client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"])
+
+
+def test_clip_sweep_reuses_earlier_stages_records_each_job_and_compares(cli, tmp_path):
+    cli("experiment=smoke", "hydra.run.dir=outputs/base")
+    # two clip_eps × two policies, one of which is a file that is not a model: jobs 1 and 3 fail at run time
+    proc = cli("-m", f"--config-dir={ROOT / 'sweeps'}", "--config-name=ppo_clip", "experiment=smoke",
+               "reuse=outputs/base", "hydra.sweep.dir=outputs/sweep",
+               "algorithm.clip_eps=0.1,0.3", "algorithm.policy=outputs/base/sft,outputs/base/pairs.jsonl")
+    assert "job 1 failed" in proc.stderr and "job 3 failed" in proc.stderr  # and the sweep went on
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    jobs = pipeline_runs(client, sweep_id="outputs/sweep")
+    assert len(jobs) == 4
+    finished = [r for r in jobs if r.info.status == "FINISHED"]
+    failed = [r for r in jobs if r.info.status == "FAILED"]
+    assert sorted(r.data.params["algorithm.clip_eps"] for r in finished) == ["0.1", "0.3"]
+    assert len(failed) == 2 and all("reuse=outputs/base" in r.data.tags["sweep_overrides"] for r in jobs)
+    assert {r.data.tags["sweep_job"] for r in finished} == {"0", "2"}
+    exp = client.get_experiment_by_name("rlhf")
+    for run in finished:  # only the stages after the reused ones ran, nested under the job's run
+        kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+        assert sorted(k.data.tags["stage"] for k in kids) == ["align", "eval"]
+        assert run.data.tags["reused_from"].endswith("outputs/base") and "eval/gold/policy" in run.data.metrics
+    for run in failed:
+        kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+        assert [k.info.status for k in kids] == ["FAILED"] and kids[0].data.tags["error"]
+        assert run.data.tags["error"]
+
+    out = subprocess.run([sys.executable, "-m", "rlhf_exp.tracking.compare", "--sweep", "outputs/sweep",
+                          "--tracking-uri", f"sqlite:///{tmp_path}/outputs/mlflow.db", "--out", str(tmp_path / "cmp")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = (tmp_path / "cmp/compare.md").read_text()
+    for run in jobs:
+        assert run.info.run_id[:8] in report and run.info.run_id[:8] in out.stdout
+    header = out.stdout.splitlines()[0]
+    assert "algorithm.clip_eps" in header and "algorithm.policy" in header and "eval/gold/policy" in header
+    for png in ("frontier_reward_vs_kl", "gold_vs_reward", "learning_curves", "metric_by_param"):
+        assert (tmp_path / f"cmp/{png}.png").read_bytes()[:4] == b"\x89PNG"
+    summary = client.search_runs([exp.experiment_id], "tags.stage = 'compare'")
+    assert len(summary) == 1 and {a.path for a in client.list_artifacts(summary[0].info.run_id)} >= {
+        "compare.md", "frontier_reward_vs_kl.png"}
+
+    # PPO against DPO, one seed here: two jobs, each tagged with its algorithm
+    cli("-m", f"--config-dir={ROOT / 'sweeps'}", "--config-name=ppo_vs_dpo", "experiment=smoke",
+        "reuse=outputs/base", "seed=0", "hydra.sweep.dir=outputs/vs")
+    vs = pipeline_runs(client, sweep_id="outputs/vs")
+    assert sorted(r.data.tags["algorithm"] for r in vs) == ["dpo", "ppo"]
+    assert all(r.info.status == "FINISHED" and "eval/win_rate" in r.data.metrics for r in vs)
+
+
+def test_reuse_must_name_an_earlier_run(cli):
+    proc = cli("reuse=nowhere", check=False)
+    assert proc.returncode == 2 and "reuse = 'nowhere': expected an earlier pipeline run directory" in proc.stderr
