@@ -1,12 +1,11 @@
 """The reward model: training lowers the loss, the score sits on the last real token, the saved
 model loads anywhere, and the `reward` group's sources score a batch."""
-import os
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from rlhf_exp.config import ConfigError
 from rlhf_exp.models.factory import TinyGPT2, local_model

@@ -12,7 +12,6 @@ import json
 from statistics import mean
 
 import pytorch_lightning as pl
-import torch
 
 from rlhf_exp.config import setting, settings
 from rlhf_exp.stages.context import StageContext
