@@ -66,16 +66,10 @@ class Interleaved(pl.Callback):
         self.floors.append(self.floor(batch, module))
 
 
-def clip_as_configured(params, max_norm: float) -> None:
-    """Gradient clipping as the module does it (scaled only when the norm is above the limit)."""
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if norm > max_norm:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-
-
 def ppo_floor(lm, ref, rm, opt, batch, s, width: int) -> dict[str, float]:
     """The bare model work of one PPO iteration with the same shapes (see the module docstring)."""
     from rlhf_exp.models.value import position_ids, response_positions
+    from rlhf_exp.modules.optim import clip_grad_norm
     ids, att = batch["input_ids"], batch["attention_mask"]
     params = opt.param_groups[0]["params"]
     t0 = time.perf_counter()
@@ -101,7 +95,7 @@ def ppo_floor(lm, ref, rm, opt, batch, s, width: int) -> dict[str, float]:
                         **{**kw, "attention_mask": full_att[rows], "position_ids": pos[rows]}).logits
             logits.float().mean().backward()
             t = time.perf_counter()
-            clip_as_configured(params, s.max_grad_norm)
+            clip_grad_norm(params, s.max_grad_norm)  # as the module clips
             opt.step()
             opt.zero_grad()
             step_s += time.perf_counter() - t
@@ -114,7 +108,8 @@ def bench_ppo(args) -> dict:
     from rlhf_exp.models.reward import LearnedReward
     from rlhf_exp.models.value import ActorCritic
     from rlhf_exp.modules.data import PromptDataModule
-    from rlhf_exp.modules.ppo import PPOModule, ppo_optimizer
+    from rlhf_exp.modules.optim import ppo_optimizer
+    from rlhf_exp.modules.ppo import PPOModule
     pl.seed_everything(0, verbose=False)
     tokenizer, lm, rm = tiny_models(args.n_layer, args.n_head, args.n_embd)
     s = ppo_settings(batch_size=args.batch, response_len=args.resp_len, ppo_epochs=args.ppo_epochs,
@@ -171,7 +166,7 @@ def dpo_floor(lm, opt, batch) -> float:
 def bench_dpo(args) -> dict:
     from rlhf_exp.modules.data import RowsDataModule, pair_rows_collate
     from rlhf_exp.modules.dpo import DPOModule, cache_reference_logps
-    from rlhf_exp.modules.ppo import ppo_optimizer
+    from rlhf_exp.modules.optim import ppo_optimizer
     pl.seed_everything(0, verbose=False)
     tokenizer, lm, _ = tiny_models(args.n_layer, args.n_head, args.n_embd)
     s = algorithm_settings("dpo", batch_size=args.batch, max_len=args.seq_len, epochs=1, warmup_steps=0,

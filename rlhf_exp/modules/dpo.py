@@ -8,6 +8,7 @@ import torch
 from rlhf_exp.core.dpo import dpo_loss
 from rlhf_exp.core.ops import logprobs_from_logits
 from rlhf_exp.modules.metrics import to_floats
+from rlhf_exp.modules.optim import linear_warmup
 
 
 def completion_logps(lm, batch) -> torch.Tensor:
@@ -72,6 +73,4 @@ class DPOModule(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.policy.parameters(), lr=self.s.lr, weight_decay=0.0, fused=True)
-        warmup = max(1, self.s.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return linear_warmup(opt, self.s.warmup_steps)

@@ -18,16 +18,12 @@ from rlhf_exp.core.ops import entropy_from_logits, logprobs_from_logits, masked_
 from rlhf_exp.core.ppo import (AdaptiveKLController, FixedKLController, gae, policy_loss, shape_rewards,
                                total_loss, value_loss)
 from rlhf_exp.modules.metrics import to_floats
+from rlhf_exp.modules.optim import clip_grad_norm, ppo_optimizer
 from rlhf_exp.modules.rollout import Experience, rollout_logprobs, sample_responses
 
 
 class InvariantError(AssertionError):
     """The first minibatch of an iteration saw a policy that differs from the rollout policy."""
-
-
-def ppo_optimizer(params, lr: float) -> torch.optim.Optimizer:
-    """AdamW (ε 1e-5, no weight decay), as one fused kernel over all parameters."""
-    return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=0.0, fused=True)
 
 
 class PPOModule(pl.LightningModule):
@@ -142,7 +138,7 @@ class PPOModule(pl.LightningModule):
                     self.check_invariants(logp, mb, mb_stats)
                 opt.zero_grad()
                 self.manual_backward(loss)
-                mb_stats["ppo/policy/grad_norm"] = self.clip_grad_norm()
+                mb_stats["ppo/policy/grad_norm"] = clip_grad_norm(self.trained, s.max_grad_norm)
                 opt.step()
                 stats.append(mb_stats)
                 past_target = s.target_kl is not None and mb_stats["ppo/policy/approx_kl"].item() > s.target_kl
@@ -150,15 +146,6 @@ class PPOModule(pl.LightningModule):
                     break
             epochs += 1
         return {k: torch.stack([d[k] for d in stats]).mean() for k in stats[0]}, epochs
-
-    def clip_grad_norm(self) -> torch.Tensor:
-        """Scale the gradients to a global norm of at most max_grad_norm; only when above it (a
-        multiply over every gradient costs as much as the optimizer step). Returns the norm."""
-        params = [p for p in self.trained if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if norm > self.s.max_grad_norm:
-            torch.nn.utils.clip_grads_with_norm_(params, self.s.max_grad_norm, norm)
-        return norm
 
     # -- one iteration -------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):

@@ -5,6 +5,7 @@ import pytorch_lightning as pl
 import torch
 
 from rlhf_exp.models.generation import sample
+from rlhf_exp.modules.optim import linear_warmup
 
 
 class SFTModule(pl.LightningModule):
@@ -39,6 +40,4 @@ class SFTModule(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.policy.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        warmup = max(1, self.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return linear_warmup(opt, self.warmup_steps)
