@@ -1,10 +1,11 @@
-# Two commands: `make run` (set up and run the default pipeline) and `make test` (set up and test).
+# `make run` (set up and run the default pipeline), `make test` (set up and run every test, as CI does),
+# `make test-fast` (the unit tests only, under a minute).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup clean
+.PHONY: run test test-fast setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: setup    # the inner loop: unit tests of the math, the data tools and the wiring (no end-to-end runs)
+	$(BIN)/python -m pytest -q -m "not e2e" $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs/* multirun .pytest_cache

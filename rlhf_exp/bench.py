@@ -18,37 +18,21 @@ import json
 import os
 import tempfile
 import time
-from pathlib import Path
 from statistics import median
 
 import pytorch_lightning as pl
 import torch
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+from rlhf_exp.config import option
 
 
 def tiny_models(n_layer: int, n_head: int, n_embd: int):
     """(tokenizer, policy, reward model) built from config: the tiny GPT-2 and a reward model of the same size."""
     from rlhf_exp.models.factory import TinyGPT2
     spec = TinyGPT2(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=256, vocab_size=2048,
-                    dropout=0.1, tokenizer_dir=os.environ.get("RLHF_EXP_CACHE", "outputs/cache") + "/tokenizers")
+                    dropout=0.1, dtype="float32", tokenizer_dir=os.environ.get("RLHF_EXP_CACHE", "outputs/cache") + "/tokenizers")
     tokenizer = spec.tokenizer()
     return tokenizer, spec.causal_lm(tokenizer), spec.sequence_classifier(tokenizer)
-
-
-def algorithm_settings(name: str, **overrides):
-    """conf/algorithm/<name>.yaml's defaults with the benchmark's sizes, checked like any config."""
-    from omegaconf import OmegaConf
-
-    from rlhf_exp.config import build_node
-    node = OmegaConf.load(CONF / "algorithm" / f"{name}.yaml").algorithm
-    for k, v in overrides.items():
-        node[k] = v
-    return build_node(node, "algorithm")
-
-
-def ppo_settings(**overrides):
-    return algorithm_settings("ppo", **overrides)
 
 
 class Interleaved(pl.Callback):
@@ -108,11 +92,11 @@ def bench_ppo(args) -> dict:
     from rlhf_exp.models.reward import LearnedReward
     from rlhf_exp.models.value import ActorCritic
     from rlhf_exp.modules.data import PromptDataModule
-    from rlhf_exp.modules.optim import ppo_optimizer
+    from rlhf_exp.modules.optim import adamw
     from rlhf_exp.modules.ppo import PPOModule
     pl.seed_everything(0, verbose=False)
     tokenizer, lm, rm = tiny_models(args.n_layer, args.n_head, args.n_embd)
-    s = ppo_settings(batch_size=args.batch, response_len=args.resp_len, ppo_epochs=args.ppo_epochs,
+    s = option("algorithm", "ppo", batch_size=args.batch, max_new_tokens=args.resp_len, ppo_epochs=args.ppo_epochs,
                      minibatches=args.minibatches, max_steps=args.steps + args.warmup, sample_every=0)
     with tempfile.TemporaryDirectory() as tmp:
         rm.save_pretrained(tmp)
@@ -122,7 +106,7 @@ def bench_ppo(args) -> dict:
         prompts = World(0, 0.2).train_prompts
         dm = PromptDataModule(prompts, tokenizer, s.batch_size, seed=0)
         floor_models = (copy.deepcopy(lm).eval(), copy.deepcopy(lm).eval(), copy.deepcopy(rm).eval())
-        floor_models += (ppo_optimizer(floor_models[0].parameters(), lr=s.lr),)  # built once, as the module's
+        floor_models += (adamw(floor_models[0].parameters(), lr=s.lr, eps=1e-5)["optimizer"],)  # built once, as the module's
         module = PPOModule(ActorCritic(lm), copy.deepcopy(lm), tokenizer, reward, s)
         timer = Interleaved(lambda batch, m: ppo_floor(*floor_models, batch, s, m.timings[-1]["width"]))
         trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -166,10 +150,10 @@ def dpo_floor(lm, opt, batch) -> float:
 def bench_dpo(args) -> dict:
     from rlhf_exp.modules.data import RowsDataModule, pair_rows_collate
     from rlhf_exp.modules.dpo import DPOModule, cache_reference_logps
-    from rlhf_exp.modules.optim import ppo_optimizer
+    from rlhf_exp.modules.optim import adamw
     pl.seed_everything(0, verbose=False)
     tokenizer, lm, _ = tiny_models(args.n_layer, args.n_head, args.n_embd)
-    s = algorithm_settings("dpo", batch_size=args.batch, max_len=args.seq_len, epochs=1, warmup_steps=0,
+    s = option("algorithm", "dpo", batch_size=args.batch, max_len=args.seq_len, epochs=1, warmup_steps=0,
                            val_fraction=0.0)
     g = torch.Generator().manual_seed(0)
     half = args.seq_len // 2  # prompt tokens; the rest is the completion
@@ -184,7 +168,7 @@ def bench_dpo(args) -> dict:
     collate = pair_rows_collate(tokenizer.pad_token_id)
     cache_reference_logps(lm, rows, collate)  # once, before training, as the stage does
     floor_lm = copy.deepcopy(lm).eval()
-    floor_opt = ppo_optimizer(floor_lm.parameters(), lr=1e-6)
+    floor_opt = adamw(floor_lm.parameters(), lr=1e-6)["optimizer"]
     timer = Interleaved(lambda batch, m: {"step": dpo_floor(floor_lm, floor_opt, batch)})
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", limit_val_batches=0, callbacks=[timer])

@@ -1,17 +1,15 @@
 """The `rlhf-exp` command: a Hydra app over the project's `conf/` (see `rlhf-exp --help`)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # absolute: works from any cwd
+from rlhf_exp.config import CONF_DIR
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig):
-    from rlhf_exp.stages.runner import main as run
+    from rlhf_exp.stages.task import main as run
     return run(cfg)
 
 

@@ -1,136 +1,159 @@
-"""Config checking: every group node names a constructor (`_target_`); composing the config builds
-the cheap ones (plain dataclasses of settings) so that unknown keys, wrong types and out-of-range
-values are refused with one message listing every problem, before any weights load or data is read.
+"""Config checking, Hydra's way: every node names what it builds (`_target_`) and is built by
+`hydra.utils.instantiate` (through `build`, the one place that calls it). Settings are pydantic
+dataclasses declared beside the code that reads them (`schema`), with their types, ranges and
+choices in the annotations and no defaults: the defaults live in the YAML files under `conf/`.
 
-Ranges are declared beside each field with `setting(...)`, so the check and its documentation sit
-in one place; the default values themselves live in the YAML files under `conf/`.
+This module only collects what goes wrong: composing the config builds every settings node, and
+every problem of every node is reported at once, with the YAML file it came from.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import inspect
+import typing
+from pathlib import Path
 from typing import Any, Iterable
 
-from hydra.utils import get_object
+import pydantic
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlhf_exp.errors import UserError
 
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # absolute: works from any working directory
+
+
 class ConfigError(UserError):
     """A config the user must fix; the message says where and what was expected."""
 
 
-def setting(*, ge=None, gt=None, le=None, lt=None, choices: Iterable | None = None,
-            default=dataclasses.MISSING, doc: str = ""):
-    """A dataclass field with a declared range; `settings()` checks it on construction."""
-    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, doc=doc).items() if v not in (None, "")}
-    if choices is not None:
-        meta["choices"] = tuple(choices)
-    return dataclasses.field(default=default, metadata=meta)
+def schema(cls):
+    """Decorator: a settings schema. A keyword-only pydantic dataclass that refuses unknown keys;
+    declare types, ranges (`Annotated[float, Field(gt=0)]`) and choices (`Literal[...]`), not
+    defaults. Checks across fields go in a `@pydantic.model_validator(mode="after")`."""
+    return pydantic.dataclasses.dataclass(cls, kw_only=True, config=pydantic.ConfigDict(extra="forbid"))
 
 
-def _violation(name: str, value: Any, meta: dict) -> str | None:
-    if value is None:
-        return None
-    if "choices" in meta and value not in meta["choices"]:
-        return f"{name} = {value!r}: expected one of {', '.join(map(repr, meta['choices']))}"
-    bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
-              ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
-    wanted = [f"{sym} {meta[k]}" for k, sym, ok in bounds if k in meta]
-    if wanted and not all(ok(value, meta[k]) for k, _, ok in bounds if k in meta):
-        return f"{name} = {value!r}: expected a value {' and '.join(wanted)}"
-    return None
+def build(node: DictConfig, **kwargs) -> Any:
+    """Every `_target_` of the project is built here (one place for Hydra 1.4's allow-list)."""
+    return instantiate(node, _convert_="all", **kwargs)
 
 
-def check_settings(obj) -> None:
-    """Check every declared range of a settings dataclass; raise one ValueError naming them all."""
-    problems = [p for f in dataclasses.fields(obj)
-                if (p := _violation(f.name, getattr(obj, f.name), f.metadata))]
-    if problems:
-        raise ValueError("; ".join(problems))
+# -- turning pydantic's errors into sentences ----------------------------------------------------
 
-
-def settings(cls):
-    """Decorator: a keyword-only dataclass whose declared ranges are checked when it is built."""
-    own_post_init = cls.__dict__.get("__post_init__")
-
-    def __post_init__(self):
-        check_settings(self)
-        if own_post_init is not None:
-            own_post_init(self)
-
-    cls.__post_init__ = __post_init__  # set before dataclass() so its __init__ calls it
-    return dataclasses.dataclass(kw_only=True)(cls)
-
-
-def _unknown_keys(keys: Iterable[str], known: Iterable[str]) -> list[str]:
-    known = list(known)
+def _bounds(cls, name: str) -> list[str]:
+    field = cls.__pydantic_fields__.get(name)
     out = []
-    for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            out.append(f"unknown key '{key}'{hint}; known keys: {', '.join(sorted(known))}")
+    for m in getattr(field, "metadata", []):
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("multiple_of", "a multiple of")):
+            if getattr(m, attr, None) is not None:
+                out.append(f"{sym} {getattr(m, attr)}")
     return out
 
 
-def build_node(node: DictConfig, where: str) -> Any:
-    """Build one group node from its `_target_`.
+def _choices(cls, name: str) -> list | None:
+    field = cls.__pydantic_fields__.get(name)
+    ann = getattr(field, "annotation", None)
+    for arg in (ann, *typing.get_args(ann)):
+        if typing.get_origin(arg) is typing.Literal:
+            return list(typing.get_args(arg))
+    return None
 
-    A settings dataclass is constructed (types and ranges checked). Any other callable (e.g.
-    `pytorch_lightning.Trainer`) is only checked against its signature here and built later by the
-    stage that needs it; the node itself is returned.
-    """
-    def at(p: str, sep: str = ".") -> str:
-        return f"{where}{sep}{p}" if where else p
 
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown key '{key}'{hint}; known keys: {', '.join(known)}"
+
+
+TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
+              "list": "a list", "dict": "a mapping"}
+
+
+def _sentence(cls, err: dict, where: str) -> str:
+    """One pydantic error as a sentence: `where.key = value: expected ...` (`where` is the node's
+    name; empty for the top level)."""
+    loc = ".".join(str(p) for p in err["loc"])
+    name = ".".join(p for p in (where, loc) if p)
+    node = where or "top level"
+    kind, value = err["type"], err.get("input")
+    if kind == "unexpected_keyword_argument":
+        return f"{node}: {did_you_mean(loc, cls.__pydantic_fields__)}"
+    if kind in ("missing", "missing_keyword_argument"):
+        return f"{node}: missing key '{loc}'"
+    if kind == "value_error":  # a check across fields: its message starts with the field's name
+        text = str(err["ctx"]["error"])
+        return f"{name}.{text}" if where and not loc else f"{name}: {text}" if loc else text
+    if kind == "literal_error":
+        return f"{name} = {value!r}: expected one of {', '.join(map(repr, _choices(cls, loc) or []))}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"):
+        if isinstance(value, int) and cls.__pydantic_fields__[loc].annotation in (float, float | None):
+            value = float(value)
+        return f"{name} = {value!r}: expected a value {' and '.join(_bounds(cls, loc))}"
+    wanted = next((w for t, w in TYPE_WORDS.items() if kind.startswith(t)), None)
+    if wanted:
+        return f"{name} = {value!r}: expected {wanted}"
+    return f"{name} = {value!r}: {err['msg']}"
+
+
+def _check_signature(target, keys: list[str], where: str) -> list[str]:
+    """A node that builds something other than a settings schema (e.g. pytorch_lightning.Trainer)
+    is built by its stage, with objects only the stage has; here its keys meet the signature."""
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    return [f"{where}: {did_you_mean(k, [n for n in params if n != 'self'])}"
+            for k in keys if k not in params]
+
+
+def check_node(node: DictConfig, where: str) -> Any:
+    """Build one node (a settings schema) or check it (anything else); raise one ConfigError
+    listing every problem of the node."""
     target_path = node.get("_target_")
     if not target_path:
-        raise ConfigError(f"{where}: missing '_target_' (the constructor this node configures)")
+        raise ConfigError(f"{where}: missing '_target_' (what this node builds)")
     try:
         target = get_object(target_path)
     except Exception as err:  # hydra raises ImportError/ValueError variants
         raise ConfigError(f"{where}._target_ = {target_path!r}: cannot be imported ({err})") from None
-    keys = [k for k in node.keys() if k != "_target_"]
-    if dataclasses.is_dataclass(target):
-        fields = {f.name: f for f in dataclasses.fields(target)}
-        unknown = [at(p, ": ") for p in _unknown_keys(keys, fields)]
-        missing = [at(f"missing key '{name}'", ": ") for name, f in fields.items()
-                   if name not in keys and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
-        missing += [at(f"{name}: no value given (expected one, e.g. on the command line: "
-                       f"{at(name)}=...)") for name in keys if OmegaConf.is_missing(node, name)]
-        if missing:
-            raise ConfigError("\n".join(unknown + missing))
-        try:  # types (via OmegaConf's structured configs), then ranges (the dataclass's checks)
-            container = OmegaConf.to_container(node, resolve=True)
-            values = {k: v for k, v in container.items() if k in fields}
-            built = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(target), values))
-            invalid = []
-        except OmegaConfBaseException as err:
-            key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
-            invalid = [f"{at(key)}: {str(err).splitlines()[0]}"]
-        except ValueError as err:
-            invalid = [at(p) for p in str(err).split("; ")]
-        if unknown or invalid:
-            raise ConfigError("\n".join(unknown + invalid))
-        return built
-    params = inspect.signature(target).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        problems = _unknown_keys(keys, [n for n in params if n != "self"])
+    keys = [k for k in node.keys() if not str(k).startswith("_")]
+    if not hasattr(target, "__pydantic_fields__"):
+        problems = _check_signature(target, keys, where)
         if problems:
-            raise ConfigError("\n".join(at(p, ": ") for p in problems))
-    return node
+            raise ConfigError("\n".join(problems))
+        return node
+    dotted = lambda k: f"{where}.{k}" if where else k  # noqa: E731
+    unset = [f"{dotted(k)}: no value given (expected one, e.g. on the command line: {dotted(k)}=...)"
+             for k in keys if OmegaConf.is_missing(node, k)]
+    if unset:
+        raise ConfigError("\n".join(unset))
+    try:
+        return build(node)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, pydantic.ValidationError):
+            raise ConfigError("\n".join(_sentence(target, e, where) for e in cause.errors())) from None
+        raise ConfigError(f"{where}: {cause or err}") from None
+    except OmegaConfBaseException as err:  # e.g. an interpolation that does not resolve
+        raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
 
 
-@settings
-class Paths:
-    """Where a run writes (`output_dir`, the Hydra run dir) and where offline caches live."""
-    output_dir: str
-    cache_dir: str
+def collect(nodes: dict[str, DictConfig], sources: dict[str, str]) -> dict[str, Any]:
+    """Build every node; raise one ConfigError naming every problem and the file it came from."""
+    problems, built = [], {}
+    for name, node in nodes.items():
+        try:
+            built[name] = check_node(node, name)
+        except ConfigError as err:
+            where = (f"in '{name}'" if name else "at the top level") + (f" ({sources[name]})" if name in sources else "")
+            problems.append(f"{where}:\n  " + str(err).replace("\n", "\n  "))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return built
 
 
 def flatten(tree, prefix: str = "") -> dict[str, object]:
@@ -146,3 +169,10 @@ def flatten(tree, prefix: str = "") -> dict[str, object]:
         else:
             out[name] = value
     return out
+
+
+def option(group: str, name: str, **overrides) -> Any:
+    """conf/<group>/<name>.yaml built with `overrides`, checked as when the whole config is
+    composed (for benchmarks and tests that need one node's settings without a run)."""
+    node = OmegaConf.merge(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), overrides)
+    return check_node(node, group)

@@ -37,3 +37,28 @@ def compose(*overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=["paths.output_dir=/tmp/rlhf-exp-test", *overrides],
                              return_hydra_config=False)
+
+
+TINY = dict(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=512, dropout=0.1, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tmp_path_factory):
+    """The tiny GPT-2 of the unit tests (settings as `model=tiny`, smaller), its tokenizer trained once;
+    `tiny_spec(dropout=0.0)` for a variant with the same tokenizer."""
+    from rlhf_exp.models.factory import TinyGPT2
+    tokenizer_dir = str(tmp_path_factory.mktemp("tok"))
+    return lambda **overrides: TinyGPT2(**{**TINY, **overrides, "tokenizer_dir": tokenizer_dir})
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_spec):
+    """(spec, tokenizer) of the tiny model with dropout 0.1."""
+    spec = tiny_spec()
+    return spec, spec.tokenizer()
+
+
+def settings(group: str, option: str = "default", **overrides):
+    """A group's settings as the YAML gives them, with overrides, checked as in a run."""
+    from rlhf_exp.config import option as build_option
+    return build_option(group, option, **overrides)

@@ -52,7 +52,7 @@ def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path):
     client, runs = mlflow_runs(tmp_path)
     parent = [r for r in runs if r.data.tags["stage"] == "pipeline"]
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
-    assert len(parent) == 1 and list(children) == ["sft", "collect", "prepare", "reward", "align", "eval"]
+    assert len(parent) == 1 and list(children) == ["sft", "collect", "prepare", "reward_model", "align", "eval"]
     assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in children.values())
     assert all(r.info.status == "FINISHED" for r in runs)
     assert parent[0].data.params["data.n_labelers"] == "4"  # the smoke experiment's size
@@ -73,14 +73,14 @@ def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path):
     pairs = read_jsonl(run_dir / "pairs.jsonl")
     assert children["prepare"].data.metrics["prepare/data/pairs"] == len(pairs) > 0
 
-    rm = children["reward"].data.metrics
+    rm = children["reward_model"].data.metrics
     assert {"reward/train/loss", "reward/val/loss", "reward/val/accuracy", "reward/val/margin",
             "reward/norm/mean", "reward/norm/std", "reward/gold/accuracy"} <= set(rm)
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "reward_model")
     assert model.config.num_labels == 1
     assert model.config.reward_mean == pytest.approx(rm["reward/norm/mean"])
-    assert {a.path for a in client.list_artifacts(children["reward"].info.run_id)} >= {"reward_model", "config.yaml"}
-    assert "[reward] done" in proc.stdout
+    assert {a.path for a in client.list_artifacts(children["reward_model"].info.run_id)} >= {"reward_model", "config.yaml"}
+    assert "[reward_model] done" in proc.stdout
 
     ppo = client.get_metric_history(children["align"].info.run_id, "ppo/reward/score_mean")
     assert [m.step for m in ppo] == [0, 1]  # one point per PPO iteration (smoke: 2)
@@ -120,7 +120,7 @@ def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path):
 def test_stages_alone_with_human_labelers(cli, tmp_path):
     """collect for people (LABELING.md, empty rankings) -> filled by hand -> prepare -> reward."""
     from rlhf_exp.models.factory import TinyGPT2
-    spec = TinyGPT2(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=2048, dropout=0.0,
+    spec = TinyGPT2(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=2048, dropout=0.0, dtype="float32",
                     tokenizer_dir=str(tmp_path / "tok"))
     tok = spec.tokenizer()
     spec.causal_lm(tok).save_pretrained(tmp_path / "policy")
@@ -147,7 +147,7 @@ def test_stages_alone_with_human_labelers(cli, tmp_path):
         expected += [(r["prompt"], a, x) for x in (b, c) if x != a and (r["prompt"], a, x) not in expected]
     assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == expected
 
-    cli("stage=reward", "experiment=smoke", "reward_model.pairs=outputs/prepare/pairs.jsonl",
+    cli("stage=reward_model", "experiment=smoke", "reward_model.pairs=outputs/prepare/pairs.jsonl",
         "reward_model.backbone=policy", "hydra.run.dir=outputs/reward")
     assert (tmp_path / "outputs/reward/reward_model/config.json").is_file()
 
@@ -170,6 +170,25 @@ def test_bad_input_exits_non_zero_names_every_bad_line_and_writes_no_pairs(cli, 
     assert not (tmp_path / "outputs/run/pairs.jsonl").exists()
     _, runs = mlflow_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.parametrize("stage", [["stage=reward_model", "reward_model.pairs=pairs.jsonl"],
+                                   ["stage=align", "algorithm=dpo", "algorithm.pairs=pairs.jsonl"]],
+                         ids=["reward_model", "align_dpo"])
+def test_a_bad_hand_made_pairs_file_is_refused_line_by_line(cli, tmp_path, stage):
+    (tmp_path / "pairs.jsonl").write_text("\n".join([
+        json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}),
+        json.dumps({"prompt": "p", "chosen": "a"}),
+        json.dumps({"prompt": "p", "chosen": "a", "rejected": ["b"]}),
+        json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "margin": "x"}),
+    ]) + "\n")
+    proc = cli(*stage, "experiment=smoke", "logger=none", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "pairs.jsonl: 3 bad line(s); nothing was written" in proc.stderr
+    assert "line 2: field 'rejected': missing (expected a string)" in proc.stderr
+    assert "line 3: field 'rejected': expected a string, got list" in proc.stderr
+    assert "line 4: field 'margin': expected a number, got 'x'" in proc.stderr
+    assert not any((tmp_path / "outputs/run").glob("*/config.json"))  # no model written
 
 
 def test_config_errors_stop_before_any_work(cli, tmp_path):
@@ -206,7 +225,7 @@ def test_dpo_is_one_override_away(cli, tmp_path):
     proc = cli("experiment=smoke", "algorithm=dpo")
     client, runs = mlflow_runs(tmp_path)
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
-    assert list(children) == ["sft", "collect", "prepare", "reward", "align", "eval"]
+    assert list(children) == ["sft", "collect", "prepare", "reward_model", "align", "eval"]
     assert all(r.data.tags["algorithm"] == "dpo" and r.info.status == "FINISHED" for r in runs)
     align = children["align"]
     assert align.data.params["algorithm.loss_type"] == "sigmoid" and "algorithm.clip_eps" not in align.data.params

@@ -1,12 +1,15 @@
 """Every option of every group composes and passes the checks; typos and bad values are refused."""
+import re
+
 import pytest
 from omegaconf import OmegaConf
 
 from rlhf_exp.config import ConfigError, flatten
-from rlhf_exp.stages.runner import validate_config
+from rlhf_exp.stages.pipeline import validate_config
 from tests.conftest import CONF, compose
 
-GROUPS = ["algorithm", "model", "reward", "data", "trainer", "logger", "paths", "experiment"]
+GROUPS = ["algorithm", "model", "reward", "data", "trainer", "logger", "paths", "experiment", "sft", "collect",
+          "prepare", "reward_model", "eval"]
 REQUIRED = {("model", "hf"): ["model.name_or_path=/tmp/m"],
             ("reward", "classifier"): ["reward.name_or_path=/tmp/c", "reward.positive_label=nothate"]}
 
@@ -26,7 +29,7 @@ def test_every_option_composes_and_validates(group, option):
     cfg = compose(f"{group}={option}", *REQUIRED.get((group, option), []))
     built = validate_config(cfg)
     assert built["run"].stage == "pipeline"
-    for name in ("data", "model", "reward", "logger", "paths", "algorithm", "sft", "collect", "prepare",
+    for name in ("data", "model", "reward", "logger", "algorithm", "sft", "collect", "prepare",
                  "reward_model", "eval"):
         assert not OmegaConf.is_config(built[name]), name  # a settings object, built and checked
 
@@ -35,7 +38,7 @@ def test_defaults():
     cfg = compose()
     assert cfg.stage == "pipeline" and cfg.experiment_name == "rlhf"
     assert cfg.logger.tracking_uri == "sqlite:///outputs/mlflow.db"
-    assert cfg.algorithm.name == "ppo"
+    assert cfg.algorithm._target_ == "rlhf_exp.modules.ppo.PPOSettings"
     assert "${" not in OmegaConf.to_yaml(cfg, resolve=True)
 
 
@@ -44,7 +47,7 @@ def test_every_problem_is_listed_with_its_file():
     with pytest.raises(ConfigError) as err:
         validate_config(cfg, {"data": "synthetic"})
     msg = str(err.value)
-    assert "stage = 'sfx': expected one of 'pipeline', 'sft', 'collect', 'prepare', 'reward'" in msg
+    assert "stage = 'sfx': expected one of 'pipeline', 'sft', 'collect', 'prepare', 'reward_model'" in msg
     assert "in 'data' (conf/data/synthetic.yaml):" in msg
     assert "data.n_labelers = -2: expected a value >= 1" in msg
     assert "data.tie_rate = 1.5: expected a value >= 0 and <= 1" in msg
@@ -62,7 +65,7 @@ def test_unknown_keys_are_refused_with_a_suggestion():
 
 
 def test_wrong_types_and_missing_values_are_refused():
-    with pytest.raises(ConfigError, match="data.n_labelers: Value 'many' of type 'str' could not be converted to Integer"):
+    with pytest.raises(ConfigError, match="data.n_labelers = 'many': expected an integer"):
         validate_config(compose("data.n_labelers=many"))
     with pytest.raises(ConfigError, match=r"reward.name_or_path: no value given .* reward.name_or_path=\.\.\."):
         validate_config(compose("reward=classifier", "reward.positive_label=ok"))
@@ -75,12 +78,13 @@ def test_flatten_gives_dotted_scalar_params():
         "a.b": 1, "a.c.0": 1, "a.c.1": 2, "d": None}
 
 
-@pytest.mark.parametrize("path", [CONF / "config.yaml", *sorted(CONF.glob("algorithm/*.yaml"))])
+@pytest.mark.parametrize("path", sorted(CONF.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONF)))
 def test_every_setting_has_a_comment_giving_its_meaning(path):
-    """House rule: a comment beside each config key gives its symbol and meaning."""
+    """House rule: a comment beside each config key, at any depth, gives its symbol and meaning
+    (Hydra's own `defaults:` list and `_target_` excepted)."""
     bare = [line for line in path.read_text().splitlines()
-            if line.startswith("  ") and not line.startswith("  - ") and ":" in line
-            and "_target_" not in line and "#" not in line]
+            if re.match(r"\s*[A-Za-z]\w*\s*:", line) and "#" not in line
+            and not re.match(r"\s*(defaults|_target_)\s*:", line)]
     assert bare == []
 
 

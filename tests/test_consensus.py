@@ -18,7 +18,7 @@ def test_lecture_example():
     assert prepared.labelers["ann"].agreement == pytest.approx(1 / 3)
     assert prepared.labelers["eve"].agreement == pytest.approx(-1 / 3)
     assert pairs_of(prepared) == [("B", "A"), ("B", "C"), ("A", "C")]
-    assert all(p.extra["agreement"] == 1.0 for p in prepared.pairs)
+    assert all(p.agreement == 1.0 for p in prepared.pairs)
     assert prepared.agreement_all == pytest.approx(1 / 3)
     assert prepared.agreement_kept == pytest.approx(1.0)
 
@@ -68,7 +68,7 @@ def test_binary_feedback_pairs_up_and_down_of_the_same_prompt():
 
 
 def test_pairwise_records_pass_through_and_duplicates_go():
-    recs = [Pair("p", "a", "b", {"margin": 1.5}), Pair("p", "a", "b", {"margin": 1.5}),
+    recs = [Pair("p", "a", "b", margin=1.5), Pair("p", "a", "b", margin=1.5),
             Pair("p", "c", "c")]
     prepared = prepare_pairs(Feedback("pairwise", recs), 0.0, 0.5)
     assert [p.to_json() for p in prepared.pairs] == [

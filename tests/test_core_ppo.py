@@ -79,6 +79,29 @@ def test_gae_with_discount_by_hand():
     assert close(adv, [[1.25, 1.0]])
 
 
+def test_gae_by_hand_with_discount_lambda_and_values():
+    """γ = 0.9, λ = 0.5, non-zero values, three tokens then padding; every δ and A written out.
+    δ_2 = 2 + 0.9·0 − 0.5 = 1.5            A_2 = 1.5
+    δ_1 = 1 + 0.9·0.5 − 0.2 = 1.25         A_1 = 1.25 + 0.45·1.5 = 1.925
+    δ_0 = 0 + 0.9·0.2 − 1.0 = −0.82        A_0 = −0.82 + 0.45·1.925 = 0.04625"""
+    rewards, values, m = T([[0.0, 1.0, 2.0, 9.0]]), T([[1.0, 0.2, 0.5, 7.0]]), T([[1, 1, 1, 0]])
+    adv, ret = gae(rewards, values, m, gamma=0.9, lam=0.5)
+    assert close(adv, [[0.04625, 1.925, 1.5, 0.0]])
+    assert close(ret, [[1.04625, 2.125, 2.0, 0.0]])               # A + V on the mask
+    adv_swapped, _ = gae(rewards, values, m, gamma=0.5, lam=0.9)  # γ and λ do different things
+    assert not torch.allclose(adv_swapped, adv)
+
+
+def test_explained_variance_with_residual_variance_and_with_constant_returns():
+    m = T([[1, 1, 1, 1]])
+    ret, values = T([[1.0, 2.0, 3.0, 4.0]]), T([[1.0, 2.0, 2.0, 5.0]])
+    # R − V = (0, 0, 1, −1): population variance 0.5; Var[R] = 1.25 -> 1 − 0.5/1.25 = 0.6
+    _, stats = value_loss(values, values, ret, m, clip_eps=0.2)
+    assert stats["explained_var"].item() == pytest.approx(0.6)
+    _, flat = value_loss(values, values, T([[2.0, 2.0, 2.0, 2.0]]), m, clip_eps=0.2)
+    assert flat["explained_var"].item() == 0.0                  # nothing to explain: 0, not NaN or inf
+
+
 def test_policy_loss_invariant_when_the_policy_has_not_moved():
     logp = T([[-1.0, -2.0, -0.5]])
     adv, m = T([[1.0, -2.0, 3.0]]), T([[1, 1, 0]])

@@ -6,27 +6,19 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from rlhf_exp.models.factory import TinyGPT2
+from rlhf_exp.feedback.formats import Pair
 from rlhf_exp.modules.data import RowsDataModule, encode_pairs, pair_rows_collate
 from rlhf_exp.modules.dpo import DPOModule, cache_reference_logps, completion_logps
-from rlhf_exp.stages.dpo import DPOSettings
+from tests.conftest import settings as conf_settings
 
-TINY = dict(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=512, dropout=0.1)
-PAIRS = [{"prompt": f"How do I {verb} a {thing}?", "chosen": f"Carefully {verb} the {thing}, step by step.",
-          "rejected": f"You are wrong about the {thing}."}
+PAIRS = [Pair(f"How do I {verb} a {thing}?", f"Carefully {verb} the {thing}, step by step.",
+              f"You are wrong about the {thing}.")
          for verb in ("fix", "clean", "paint", "move") for thing in ("bike", "door", "lamp", "chair")]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    spec = TinyGPT2(**TINY, tokenizer_dir=str(tmp_path_factory.mktemp("tok")))
-    return spec, spec.tokenizer()
-
-
 def settings(**kw):
-    return DPOSettings(**{"name": "dpo", "policy": None, "pairs": None, "beta": 0.1, "loss_type": "sigmoid",
-                          "label_smoothing": 0.0, "epochs": 1, "batch_size": 4, "lr": 3e-3, "warmup_steps": 0,
-                          "max_len": 64, "val_fraction": 0.25, **kw})
+    return conf_settings("algorithm", "dpo", **{"beta": 0.1, "epochs": 1, "batch_size": 4, "lr": 3e-3,
+                                                "warmup_steps": 0, "max_len": 64, "val_fraction": 0.25, **kw})
 
 
 def test_completion_logps_sum_the_completion_tokens_and_ignore_padding(tiny):

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from rlhf_exp.feedback.formats import FeedbackError, load_feedback, load_records, parse_lines, write_jsonl
+from rlhf_exp.feedback.formats import Pair, load_feedback, load_pairs, parse_lines
+from rlhf_exp.files import FileError, read_jsonl, string_fields, write_jsonl
 
 
 def lines(*objs):
@@ -14,7 +15,7 @@ RANKED = {"prompt": "p", "completions": ["a", "b", "c"], "rankings": {"x": [1, "
 
 
 def problems(*objs):
-    with pytest.raises(FeedbackError) as err:
+    with pytest.raises(FileError) as err:
         parse_lines(lines(*objs), source="fb.jsonl")
     return err.value.problems
 
@@ -87,16 +88,16 @@ def test_every_bad_line_is_reported_not_only_the_first():
 def test_empty_file_and_missing_file(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    with pytest.raises(FeedbackError, match="the file is empty"):
+    with pytest.raises(FileError, match="the file is empty"):
         load_feedback(empty)
-    with pytest.raises(FeedbackError, match="no such file"):
+    with pytest.raises(FileError, match="no such file"):
         load_feedback(tmp_path / "nope.jsonl")
 
 
 def test_error_message_names_the_file(tmp_path):
     path = tmp_path / "fb.jsonl"
     path.write_text("{}\n")
-    with pytest.raises(FeedbackError) as err:
+    with pytest.raises(FileError) as err:
         load_feedback(path)
     assert str(err.value).startswith(f"{path}: 1 bad line(s)")
 
@@ -110,9 +111,33 @@ def test_write_jsonl_leaves_no_temporary_file(tmp_path):
 def test_prompt_and_demonstration_files_are_checked_line_by_line(tmp_path):
     path = tmp_path / "demos.jsonl"
     path.write_text('{"prompt": "p", "completion": "c"}\n{"prompt": "q"}\n[1]\n')
-    with pytest.raises(FeedbackError) as err:
-        load_records(path, ("prompt", "completion"))
+    with pytest.raises(FileError) as err:
+        read_jsonl(path, string_fields("prompt", "completion"))
     assert err.value.problems == ["line 2: field 'completion': missing (expected a string)",
                                   "line 3: expected a JSON object, got list"]
     path.write_text('{"prompt": "p", "completion": "c"}\n')
-    assert load_records(path, ("prompt", "completion")) == [{"prompt": "p", "completion": "c"}]
+    assert read_jsonl(path, string_fields("prompt", "completion")) == [{"prompt": "p", "completion": "c"}]
+
+
+def test_a_pairs_file_is_checked_line_by_line_with_its_optional_fields(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "a"}\n'
+                    '{"prompt": "p", "chosen": "a", "rejected": 3}\n'
+                    '{"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big", "set_id": 1.5}\n'
+                    '{"prompt": "p", "chosen": "a", "rejected": "b", "agreement": 2}\n'
+                    'not json\n')
+    with pytest.raises(FileError) as err:
+        load_pairs(path)
+    assert err.value.problems == [
+        "line 1: field 'rejected': missing (expected a string)",
+        "line 2: field 'rejected': expected a string, got int",
+        "line 3: field 'margin': expected a number, got 'big'",
+        "line 3: field 'set_id': expected an integer, got 1.5",
+        "line 4: field 'agreement': expected a number in [0, 1], got 2",
+        "line 5: bad JSON (Expecting value at column 1)"]
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1, "agreement": 0.5, "set_id": 7, '
+                    '"labeler": "x"}\n')
+    pair = load_pairs(path)[0]
+    assert pair == Pair("p", "a", "b", margin=1, agreement=0.5, set_id=7, extra={"labeler": "x"})
+    assert pair.to_json() == {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1, "agreement": 0.5,
+                              "set_id": 7, "labeler": "x"}

@@ -4,15 +4,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_exp.models.factory import HFModel, TinyGPT2
+from rlhf_exp.models.factory import HFModel
 from rlhf_exp.models.reward import GoldReward
-
-TINY = dict(n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=512, dropout=0.0)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    spec = TinyGPT2(**TINY, tokenizer_dir=str(tmp_path_factory.mktemp("tok")))
+def tiny(tiny_spec):
+    spec = tiny_spec(dropout=0.0)
     tok = spec.tokenizer()
     torch.manual_seed(0)
     return spec, tok, spec.causal_lm(tok).eval()
@@ -24,7 +22,7 @@ def test_tokenizer_is_cached_and_pads_left_with_a_pad_distinct_from_eos(tiny):
     assert len(tok) == 512
     assert tok.decode(tok("My house is too hot.")["input_ids"]) == "My house is too hot."
     cached = list(Path(spec.tokenizer_dir).iterdir())
-    assert len(cached) == 1  # trained once, then loaded from the cache
+    assert len(cached) == 1  # trained once (one vocabulary size in these tests), then loaded from the cache
     again = spec.tokenizer()
     assert again("knock knock")["input_ids"] == tok("knock knock")["input_ids"]
     assert list(Path(spec.tokenizer_dir).iterdir()) == cached

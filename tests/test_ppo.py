@@ -6,24 +6,21 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from rlhf_exp.bench import ppo_settings
+from rlhf_exp.config import ConfigError
 from rlhf_exp.core.ops import logprobs_from_logits
 from rlhf_exp.feedback.world import World
-from rlhf_exp.models.factory import TinyGPT2
+from rlhf_exp.models.generation import encode_prompts, generate, left_pad_collate
 from rlhf_exp.models.reward import GoldReward
 from rlhf_exp.models.value import ActorCritic, Critic, response_logits
-from rlhf_exp.modules.data import PromptDataModule, left_pad_collate, tokenize_prompts
+from rlhf_exp.modules.data import PromptDataModule
 from rlhf_exp.modules.ppo import InvariantError, PPOModule
-from rlhf_exp.modules.rollout import sample_responses
+from tests.conftest import settings
 
-TINY = dict(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=512, dropout=0.1)
 PROMPTS = World(0, 0.2).train_prompts[:12]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    spec = TinyGPT2(**TINY, tokenizer_dir=str(tmp_path_factory.mktemp("tok")))
-    return spec, spec.tokenizer()
+def ppo_settings(**overrides):
+    return settings("algorithm", "ppo", **overrides)
 
 
 def policy(spec, tok, seed=0):
@@ -38,7 +35,7 @@ def policy(spec, tok, seed=0):
 
 
 def batch(tok, prompts=PROMPTS[:4]):
-    return left_pad_collate(tok.pad_token_id)(tokenize_prompts(tok, prompts))
+    return left_pad_collate(tok.pad_token_id)(encode_prompts(tok, prompts))
 
 
 def trainer(**kw):
@@ -47,7 +44,7 @@ def trainer(**kw):
 
 
 def ppo(spec, tok, reward=None, **overrides):
-    s = ppo_settings(**{"batch_size": 4, "minibatches": 2, "ppo_epochs": 2, "response_len": 12,
+    s = ppo_settings(**{"batch_size": 4, "minibatches": 2, "ppo_epochs": 2, "max_new_tokens": 12,
                         "max_steps": 1, "sample_every": 1, "n_samples": 2, **overrides})
     lm = policy(spec, tok)
     critic = Critic.from_policy(lm) if s.value_model == "separate" else None
@@ -60,7 +57,7 @@ def test_response_logprobs_ignore_left_padding(tiny):
     lm = policy(spec, tok).eval()
     b = batch(tok)
     torch.manual_seed(1)
-    roll = sample_responses(lm, tok, b["input_ids"], b["attention_mask"], max_new_tokens=12, temperature=0.8)
+    roll = generate(lm, tok, b["input_ids"], b["attention_mask"], max_new_tokens=12, temperature=0.8)
     assert roll.mask.sum(1).min() >= 1 and not roll.has_eos.all() and roll.has_eos.any()
     batched = logprobs_from_logits(response_logits(lm, roll.input_ids, roll.attention_mask, 12, 0.8)[0], roll.response)
     for i in range(len(roll.texts)):  # each row alone, without its padding, gives the same log-probs
@@ -167,10 +164,10 @@ def test_a_separate_critic_learns_while_the_policy_has_no_value_head(tiny):
 
 
 def test_ppo_settings_are_checked():
-    with pytest.raises(ValueError, match="minibatches = 8: expected at most batch_size"):
+    with pytest.raises(ConfigError, match="algorithm.minibatches = 8: expected at most batch_size"):
         ppo_settings(batch_size=4, minibatches=8)
-    with pytest.raises(ValueError, match="value_init = 'reward'"):
+    with pytest.raises(ConfigError, match="algorithm.value_init = 'reward': expected value_model = 'separate'"):
         ppo_settings(value_init="reward")
-    with pytest.raises(Exception, match="clip_eps"):
+    with pytest.raises(ConfigError, match="algorithm.clip_eps = 1.5: expected a value > 0 and < 1"):
         ppo_settings(clip_eps=1.5)
 

@@ -8,11 +8,13 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rlhf_exp.config import ConfigError
-from rlhf_exp.models.factory import TinyGPT2, local_model
-from rlhf_exp.models.reward import ClassifierReward, LearnedReward, reward_scores
+from rlhf_exp.feedback.formats import Pair
+from rlhf_exp.models.factory import HFModel
 from rlhf_exp.models.generation import reward_text
+from rlhf_exp.models.reward import ClassifierReward, LearnedReward, reward_scores
 from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate
 from rlhf_exp.modules.reward import RewardModule
+from tests.conftest import settings
 
 GOOD = "Close the blinds and curtains during the day to keep the sun out."
 BAD = "That is a stupid question. You are wrong about the heat, figure it out yourself."
@@ -20,20 +22,19 @@ PROMPTS = ["My house is too hot. What can I do?", "How can I cool down my house 
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    spec = TinyGPT2(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=512, dropout=0.0,
-                    tokenizer_dir=str(tmp_path_factory.mktemp("tok")))
+def tiny(tiny_spec):
+    spec = tiny_spec(dropout=0.0)
     return spec, spec.tokenizer()
 
 
 def pairs(n=16):
-    return [{"prompt": PROMPTS[i % 2], "chosen": GOOD, "rejected": BAD, "set_id": i} for i in range(n)]
+    return [Pair(PROMPTS[i % 2], GOOD, BAD, set_id=i) for i in range(n)]
 
 
 def fit(model, tokenizer, rows, steps=12, lr=3e-3):
     pl.seed_everything(0, verbose=False)
     dm = RowsDataModule(comparison_groups(rows), pair_collate(tokenizer, 64), 4, 0.0, 0)
-    module = RewardModule(model, lr=lr, weight_decay=0.0, center_coef=0.0, use_margin=False)
+    module = RewardModule(model, settings("reward_model", lr=lr, center_coef=0.0, use_margin=False))
     losses = []
 
     class Record(pl.Callback):
@@ -48,9 +49,8 @@ def fit(model, tokenizer, rows, steps=12, lr=3e-3):
 
 def test_pair_collate_scores_each_text_once(tiny):
     _, tok = tiny
-    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "set_id": 0},
-            {"prompt": "p", "chosen": "a", "rejected": "c", "set_id": 0},
-            {"prompt": "p", "chosen": "b", "rejected": "c", "set_id": 0, "margin": 2.0, "agreement": 0.5}]
+    rows = [Pair("p", "a", "b", set_id=0), Pair("p", "a", "c", set_id=0),
+            Pair("p", "b", "c", margin=2.0, agreement=0.5, set_id=0)]
     groups = comparison_groups(rows)
     assert len(groups) == 1 and len(groups[0]["pairs"]) == 3
     batch = pair_collate(tok, 64)(groups)
@@ -131,7 +131,7 @@ def minilm_dir() -> Path | None:
 def test_reward_model_on_a_real_pretrained_encoder_loaded_offline(monkeypatch):
     """all-MiniLM-L6-v2 (a BERT-family encoder) from the package's local directory."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    spec = local_model(minilm_dir())
+    spec = HFModel(name_or_path=str(minilm_dir()), dtype="float32", trust_remote_code=False)
     tok = spec.tokenizer()
     torch.manual_seed(0)
     model = spec.sequence_classifier(tok)
@@ -141,7 +141,7 @@ def test_reward_model_on_a_real_pretrained_encoder_loaded_offline(monkeypatch):
 
 
 def test_gold_accuracy_counts_only_pairs_the_gold_scorer_prefers():
-    from rlhf_exp.stages.reward import gold_accuracy
+    from rlhf_exp.stages.reward_model import gold_accuracy
     sets = [(PROMPTS[0], [GOOD, BAD, GOOD + " "])]  # the first and last tie in the gold score
     acc, n = gold_accuracy(lambda prompts, texts: torch.tensor([1.0, 0.0, -1.0]), sets)
     # (GOOD, BAD): both prefer GOOD; (GOOD, GOOD ): a gold tie, left out; (BAD, GOOD ): the scores

@@ -126,7 +126,8 @@ def test_poor_labelers_are_set_aside_by_prepare():
 
 
 def test_config_ranges_are_checked():
-    with pytest.raises(ValueError, match="labelers_per_set = 7: expected at most n_labelers"):
-        SyntheticData(**{**DATA, "labelers_per_set": 7})
-    with pytest.raises(ValueError, match="tie_rate = 2: expected a value >= 0 and <= 1"):
-        SyntheticData(**{**DATA, "tie_rate": 2})
+    from rlhf_exp.config import ConfigError, option
+    with pytest.raises(ConfigError, match="data.labelers_per_set = 7: expected at most n_labelers"):
+        option("data", "synthetic", **{**DATA, "labelers_per_set": 7})
+    with pytest.raises(ConfigError, match="data.tie_rate = 2.0: expected a value >= 0 and <= 1"):
+        option("data", "synthetic", **{**DATA, "tie_rate": 2})

@@ -88,15 +88,17 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     """0.5·masked_mean(max((V − R)², (V_clipped − R)²)), V_clipped = old + clamp(V − old, −ε, ε).
 
     values (with grad), old_values, returns, mask: (B, T). Stats: clipfrac, explained variance
-    of the returns by the values (1 − Var[R − V] / Var[R])."""
+    of the returns by the values, 1 − Var[R − V] / Var[R] (population variances over the mask;
+    0 when the returns do not vary: there is nothing to explain)."""
     clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
     err, err_clipped = (values - returns) ** 2, (clipped - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
     with torch.no_grad():
         resid = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
         var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-        stats = {"clipfrac": masked_mean((err_clipped > err).float(), mask),
-                 "explained_var": 1 - resid / var_r}
+        explained = torch.where(var_r > 0, 1 - resid / var_r.clamp(min=torch.finfo(var_r.dtype).tiny),
+                                torch.zeros_like(var_r))
+        stats = {"clipfrac": masked_mean((err_clipped > err).float(), mask), "explained_var": explained}
     return loss, stats
 
 

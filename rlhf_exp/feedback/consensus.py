@@ -109,8 +109,8 @@ def _pairs_from_ranks(s: RankedSet, keep: list[int], values: list[float], voters
             out.dropped["ties"] += 1
             continue
         votes = [1.0 if v[a] < v[b] else 0.5 if v[a] == v[b] else 0.0 for v in voters]
-        out.pairs.append(Pair(s.prompt, s.completions[a], s.completions[b],
-                              {**s.extra, **extra, "agreement": round(mean(votes), 4)}))
+        out.pairs.append(Pair(s.prompt, s.completions[a], s.completions[b], agreement=round(mean(votes), 4),
+                              set_id=s.set_id, extra={**s.extra, **extra}))
 
 
 def ranked_to_pairs(sets: list[RankedSet], trusted: set[str], flag_quorum: float,
@@ -148,7 +148,7 @@ def binary_to_pairs(records: list[Binary]) -> PairsResult:
         if not ups or not downs:
             out.dropped["one_sided_prompts"] += 1
             continue
-        out.pairs += [Pair(prompt, u, d, {"source": "binary"}) for u in ups for d in downs]
+        out.pairs += [Pair(prompt, u, d, extra={"source": "binary"}) for u in ups for d in downs]
     return out
 
 

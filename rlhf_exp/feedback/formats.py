@@ -4,17 +4,17 @@
 - pairwise: {"prompt", "chosen", "rejected"} with an optional numeric "margin"
 - binary:   {"prompt", "completion", "label": 0 | 1}
 
-`load_feedback` checks every line and raises one `FeedbackError` naming every bad line.
+`load_feedback` checks every line and raises one `FileError` naming every bad line; `load_pairs`
+reads a pairs file (what `prepare` writes, or one made by hand) with the same checks.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
-from rlhf_exp.errors import UserError
+from rlhf_exp.files import FileError, check_str, json_objects, read_jsonl
 
 FLAG = "F"  # a labeler's mark for a nonsensical, confusing or irrelevant completion
 
@@ -25,21 +25,13 @@ KIND_FIELDS = {  # kind -> the fields that identify it
 }
 
 
-class FeedbackError(UserError):
-    """Bad feedback input; `problems` holds one line per bad record."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source, self.problems = source, problems
-        shown = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} bad line(s); nothing was written\n{shown}")
-
-
 @dataclass
 class RankedSet:
     prompt: str
     completions: list[str]
     rankings: dict[str, list]  # labeler id -> rank of each completion (int >= 1) or FLAG
-    extra: dict = field(default_factory=dict)
+    set_id: int | None = None  # which comparison set this is (its pairs keep it)
+    extra: dict = field(default_factory=dict)  # any other field of the line, kept as it is
 
 
 @dataclass
@@ -47,10 +39,15 @@ class Pair:
     prompt: str
     chosen: str
     rejected: str
-    extra: dict = field(default_factory=dict)  # margin, agreement, source, ...
+    margin: float | None = None     # how much better chosen is; subtracted inside the reward-model loss
+    agreement: float | None = None  # share of the trusted labelers who preferred chosen
+    set_id: int | None = None       # the comparison set it came from: a set's pairs are one batch element
+    extra: dict = field(default_factory=dict)  # any other field of the line (labeler, source, ...)
 
     def to_json(self) -> dict:
-        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected, **self.extra}
+        known = {"margin": self.margin, "agreement": self.agreement, "set_id": self.set_id}
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected,
+                **{k: v for k, v in known.items() if v is not None}, **self.extra}
 
 
 @dataclass
@@ -77,15 +74,20 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_str(obj, key, problems):
-    if key not in obj:
-        problems.append(f"field '{key}': missing (expected a string)")
-    elif not isinstance(obj[key], str):
-        problems.append(f"field '{key}': expected a string, got {type(obj[key]).__name__}")
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _optional(obj: dict, key: str, ok, expected: str, problems: list[str]):
+    """The value of an optional field, checked: None when absent or null."""
+    value = obj.get(key)
+    if value is not None and not ok(value):
+        problems.append(f"field '{key}': expected {expected}, got {value!r}")
+    return value
 
 
 def _parse_ranked(obj: dict, problems: list[str]) -> RankedSet | None:
-    _check_str(obj, "prompt", problems)
+    check_str(obj, "prompt", problems)
     if "completions" not in obj or "rankings" not in obj:
         missing = [k for k in ("completions", "rankings") if k not in obj]
         problems += [f"field '{k}': missing" for k in missing]
@@ -109,27 +111,29 @@ def _parse_ranked(obj: dict, problems: list[str]) -> RankedSet | None:
             for i, r in enumerate(ranks):
                 if not (r == FLAG or (_is_int(r) and 1 <= r <= n)):
                     problems.append(f"{where}[{i}]': expected an integer rank 1..{n} or \"F\", got {r!r}")
+    set_id = _optional(obj, "set_id", _is_int, "an integer", problems)
     if problems:
         return None
-    extra = {k: v for k, v in obj.items() if k not in KIND_FIELDS["ranked"]}
-    return RankedSet(obj["prompt"], list(comps), {str(k): list(v) for k, v in rankings.items()}, extra)
+    extra = {k: v for k, v in obj.items() if k not in KIND_FIELDS["ranked"] + ("set_id",)}
+    return RankedSet(obj["prompt"], list(comps), {str(k): list(v) for k, v in rankings.items()}, set_id, extra)
 
 
 def _parse_pairwise(obj: dict, problems: list[str]) -> Pair | None:
     for key in KIND_FIELDS["pairwise"]:
-        _check_str(obj, key, problems)
-    margin = obj.get("margin")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
-        problems.append(f"field 'margin': expected a number, got {margin!r}")
+        check_str(obj, key, problems)
+    margin = _optional(obj, "margin", _is_number, "a number", problems)
+    agreement = _optional(obj, "agreement", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]",
+                          problems)
+    set_id = _optional(obj, "set_id", _is_int, "an integer", problems)
     if problems:
         return None
-    extra = {k: v for k, v in obj.items() if k not in KIND_FIELDS["pairwise"]}
-    return Pair(obj["prompt"], obj["chosen"], obj["rejected"], extra)
+    extra = {k: v for k, v in obj.items() if k not in KIND_FIELDS["pairwise"] + ("margin", "agreement", "set_id")}
+    return Pair(obj["prompt"], obj["chosen"], obj["rejected"], margin, agreement, set_id, extra)
 
 
 def _parse_binary(obj: dict, problems: list[str]) -> Binary | None:
-    _check_str(obj, "prompt", problems)
-    _check_str(obj, "completion", problems)
+    check_str(obj, "prompt", problems)
+    check_str(obj, "completion", problems)
     label = obj.get("label")
     if "label" not in obj:
         problems.append("field 'label': missing (expected 0 or 1)")
@@ -143,24 +147,8 @@ def _parse_binary(obj: dict, problems: list[str]) -> Binary | None:
 PARSERS = {"ranked": _parse_ranked, "pairwise": _parse_pairwise, "binary": _parse_binary}
 
 
-def json_objects(lines: Iterable[str], problems: list[str]) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each JSON object line; blank lines skipped, bad ones added to `problems`."""
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"line {lineno}: bad JSON ({err.msg} at column {err.colno})")
-            continue
-        if not isinstance(obj, dict):
-            problems.append(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
-            continue
-        yield lineno, obj
-
-
 def parse_lines(lines: Iterable[str], source: str = "<feedback>") -> Feedback:
-    """Parse JSONL text lines; raise FeedbackError listing every bad line (blank lines are skipped)."""
+    """Parse JSONL text lines; raise FileError listing every bad line (blank lines are skipped)."""
     problems: list[str] = []
     records: list = []
     file_kind = first_line = None
@@ -184,66 +172,31 @@ def parse_lines(lines: Iterable[str], source: str = "<feedback>") -> Feedback:
         if record is not None:
             records.append(record)
     if problems:
-        raise FeedbackError(source, problems)
+        raise FileError(source, problems)
     if file_kind is None:
-        raise FeedbackError(source, ["no records: the file is empty"])
+        raise FileError(source, ["no records: the file is empty"])
     return Feedback(file_kind, records)
 
 
 def load_feedback(path: str | os.PathLike) -> Feedback:
-    path = Path(path)
-    if not path.is_file():
-        raise FeedbackError(str(path), [f"no such file (resolved to {path.resolve()})"])
-    with path.open(encoding="utf-8") as fh:
+    """A feedback file of any kind, every line checked."""
+    with _open(path) as fh:
         return parse_lines(fh, source=str(path))
 
 
-def ranked_to_json(s: RankedSet) -> dict:
-    return {"prompt": s.prompt, "completions": s.completions, "rankings": s.rankings, **s.extra}
+def load_pairs(path: str | os.PathLike) -> list[Pair]:
+    """A pairs file ({"prompt", "chosen", "rejected"} per line, optional margin, agreement, set_id),
+    every line checked."""
+    return read_jsonl(path, _parse_pairwise)
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    """Write rows atomically: a reader never sees a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(path: str | os.PathLike, obj) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    with Path(path).open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-
-
-def load_records(path: str | os.PathLike, fields: tuple[str, ...]) -> list[dict]:
-    """A JSONL file of objects with string `fields` (prompts, demonstrations); every bad line reported."""
+def _open(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
-        raise FeedbackError(str(path), [f"no such file (resolved to {path.resolve()})"])
-    rows, problems = [], []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, obj in json_objects(fh, problems):
-            line_problems: list[str] = []
-            for key in fields:
-                _check_str(obj, key, line_problems)
-            problems += [f"line {lineno}: {p}" for p in line_problems]
-            if not line_problems:
-                rows.append(obj)
-    if problems:
-        raise FeedbackError(str(path), problems)
-    if not rows:
-        raise FeedbackError(str(path), ["no records: the file is empty"])
-    return rows
+        raise FileError(str(path), [f"no such file (resolved to {path.resolve()})"])
+    return path.open(encoding="utf-8")
+
+
+def ranked_to_json(s: RankedSet) -> dict:
+    row = {"prompt": s.prompt, "completions": s.completions, "rankings": s.rankings}
+    return {**row, **({"set_id": s.set_id} if s.set_id is not None else {}), **s.extra}

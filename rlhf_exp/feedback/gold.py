@@ -14,7 +14,7 @@ nonsense ≈ −1.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 
 from rlhf_exp.feedback import topics as T
@@ -40,9 +40,6 @@ class GoldScore:
     toxicity: float      # [0, 1]: insults and contempt
     coherence: float     # [0, 1]: fluency; low for nonsense
     overall: float       # the weighted total above
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class GoldScorer:

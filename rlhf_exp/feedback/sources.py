@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Annotated, Literal
 
-from rlhf_exp.config import ConfigError, setting, settings
-from rlhf_exp.feedback.formats import Feedback, RankedSet, load_feedback, load_records
+import pydantic
+from pydantic import Field
+
+from rlhf_exp.config import ConfigError, schema
+from rlhf_exp.feedback.formats import Feedback, RankedSet, load_feedback
 from rlhf_exp.feedback.gold import GoldScore, GoldScorer
 from rlhf_exp.feedback.labelers import SimulatedLabeler, make_labelers
 from rlhf_exp.feedback.world import World
+from rlhf_exp.files import read_jsonl, string_fields
 
 
 def gold_scores(sets: list[tuple[str, list[str]]]) -> list[list[GoldScore]]:
@@ -24,30 +28,32 @@ class LoadedFeedback:
     source: str
 
 
-@settings
+@schema
 class SyntheticData:
     """The built-in world: its prompts and demonstrations, ranked by simulated labelers."""
-    seed: int = setting(ge=0)
-    heldout_fraction: float = setting(ge=0, lt=1)
-    sets_per_prompt: int = setting(ge=1)
-    n_completions: int = setting(ge=2)
-    n_labelers: int = setting(ge=1)
-    labelers_per_set: int = setting(ge=1)
-    poor_labelers: int = setting(ge=0)
-    poor_mode: str = setting(choices=("random", "inverted", "mixed"))
-    noise: float = setting(ge=0)
-    tie_rate: float = setting(ge=0, le=1)
-    flag_rate: float = setting(ge=0, le=1)
+    seed: Annotated[int, Field(ge=0)]
+    heldout_fraction: Annotated[float, Field(ge=0, lt=1)]
+    n_completions: Annotated[int, Field(ge=2)]   # K: completions per set (the world's sets and collect's)
+    sets_per_prompt: Annotated[int, Field(ge=1)]
+    n_labelers: Annotated[int, Field(ge=1)]
+    labelers_per_set: Annotated[int, Field(ge=1)]
+    poor_labelers: Annotated[int, Field(ge=0)]
+    poor_mode: Literal["random", "inverted", "mixed"]
+    noise: Annotated[float, Field(ge=0)]
+    tie_rate: Annotated[float, Field(ge=0, le=1)]
+    flag_rate: Annotated[float, Field(ge=0, le=1)]
 
     simulated = True  # its labelers can rank completions (collect) and their kinds are known
 
-    def __post_init__(self):
+    @pydantic.model_validator(mode="after")
+    def _consistent(self):
         if self.labelers_per_set > self.n_labelers:
             raise ValueError(f"labelers_per_set = {self.labelers_per_set}: expected at most "
                              f"n_labelers ({self.n_labelers})")
         if self.poor_labelers > self.n_labelers:
             raise ValueError(f"poor_labelers = {self.poor_labelers}: expected at most "
                              f"n_labelers ({self.n_labelers})")
+        return self
 
     def world(self) -> World:
         return World(self.seed, self.heldout_fraction)
@@ -80,8 +86,7 @@ class SyntheticData:
         out = []
         for i, ((prompt, comps), scores) in enumerate(zip(sets, gold, strict=True)):
             chosen = sorted(rng.sample(labelers, self.labelers_per_set), key=lambda lab: lab.id)
-            out.append(RankedSet(prompt, list(comps), {lab.id: lab.rank(scores, rng) for lab in chosen},
-                                 {"set_id": i}))
+            out.append(RankedSet(prompt, list(comps), {lab.id: lab.rank(scores, rng) for lab in chosen}, i))
         return out
 
     def load(self) -> LoadedFeedback:
@@ -91,7 +96,7 @@ class SyntheticData:
         return LoadedFeedback(Feedback("ranked", self.rank(sets, "world")), f"synthetic world (seed {self.seed})")
 
 
-@settings
+@schema
 class FeedbackFile:
     """Files written by people or another tool: feedback (ranked, pairwise or binary), and the
     prompts and demonstrations that the sft and collect stages need."""
@@ -99,6 +104,7 @@ class FeedbackFile:
     prompts: str | None
     heldout: str | None
     demonstrations: str | None
+    n_completions: Annotated[int, Field(ge=2)]   # K: completions per prompt that collect writes
 
     simulated = False
 
@@ -110,17 +116,17 @@ class FeedbackFile:
         return value
 
     def train_prompts(self) -> list[str]:
-        return [r["prompt"] for r in load_records(self._need("prompts", "this stage"), ("prompt",))]
+        return [r["prompt"] for r in read_jsonl(self._need("prompts", "this stage"), string_fields("prompt"))]
 
     def heldout_prompts(self) -> list[str]:
-        return [r["prompt"] for r in load_records(self.heldout, ("prompt",))] if self.heldout else []
+        return [r["prompt"] for r in read_jsonl(self.heldout, string_fields("prompt"))] if self.heldout else []
 
     def sft_rows(self, styles: str, per_prompt: int) -> list[dict]:
-        return load_records(self._need("demonstrations", "stage=sft"), ("prompt", "completion"))
+        return read_jsonl(self._need("demonstrations", "stage=sft"), string_fields("prompt", "completion"))
 
     def labeler_kinds(self) -> None:
         return None
 
     def load(self) -> LoadedFeedback:
         path = self._need("feedback", "stage=prepare")
-        return LoadedFeedback(load_feedback(Path(path)), path)
+        return LoadedFeedback(load_feedback(path), path)

@@ -100,12 +100,11 @@ class World:
         return [{"prompt": p, "completion": self.completion(p, rng.choices(styles, weights)[0], rng).text}
                 for p in self.train_prompts for _ in range(per_prompt)]
 
-    def demonstrations(self, per_prompt: int = 4, heldout: bool = False) -> list[dict]:
-        """(prompt, good completion) pairs for supervised fine-tuning."""
-        rng = random.Random(f"demos-{self.seed}-{heldout}")
-        prompts = self.heldout_prompts if heldout else self.train_prompts
+    def demonstrations(self, per_prompt: int = 4) -> list[dict]:
+        """(prompt, good completion) pairs of the training prompts, for supervised fine-tuning."""
+        rng = random.Random(f"demos-{self.seed}")
         return [{"prompt": p, "completion": self.completion(p, "helpful", rng).text}
-                for p in prompts for _ in range(per_prompt)]
+                for p in self.train_prompts for _ in range(per_prompt)]
 
 
 

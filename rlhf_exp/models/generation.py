@@ -1,10 +1,14 @@
 """How text is shown to the models (a prompt to the policy; a prompt and completion to the reward
-model), and batched sampling with the KV cache."""
+model), and the one sampler every stage uses: batched `generate` with the KV cache and a generation
+config of its own."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
+
+from rlhf_exp.core.ppo import response_mask
 
 PROMPT_TEMPLATE = "{prompt}\n"  # the policy reads the prompt, then a newline, then writes its answer
 
@@ -21,6 +25,61 @@ def reward_text(tokenizer, prompt: str, completion: str) -> str:
     return text + eos if eos and eos != tokenizer.sep_token else text
 
 
+def encode_prompts(tokenizer, prompts: list[str]) -> list[dict]:
+    """Each prompt as the policy reads it, tokenized once: {"prompt", "ids"}."""
+    return [{"prompt": p, "ids": tokenizer(format_prompt(p), add_special_tokens=False)["input_ids"]}
+            for p in prompts]
+
+
+def left_pad_collate(pad_id: int):
+    """Encoded prompts -> {"prompts", "input_ids", "attention_mask"}, padded on the left
+    (generation appends to the right end of every row)."""
+    def collate(rows):
+        width = max(len(r["ids"]) for r in rows)
+        ids = torch.tensor([[pad_id] * (width - len(r["ids"])) + r["ids"] for r in rows])
+        mask = torch.tensor([[0] * (width - len(r["ids"])) + [1] * len(r["ids"]) for r in rows])
+        return {"prompts": [r["prompt"] for r in rows], "input_ids": ids, "attention_mask": mask}
+    return collate
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses. Tensors are (B, P + T) for whole sequences and (B, T) for
+    the response part; `mask` is 1 on response tokens up to and including the first EOS."""
+    input_ids: torch.Tensor        # (B, P + T) left-padded prompt, then the response
+    attention_mask: torch.Tensor   # (B, P + T) 1 on prompt and response tokens
+    response: torch.Tensor         # (B, T)
+    mask: torch.Tensor             # (B, T)
+    has_eos: torch.Tensor          # (B,) bool
+    texts: list[str]               # the responses as text (up to EOS, special tokens removed)
+
+    @property
+    def n_response(self) -> int:
+        return self.response.shape[1]
+
+
+@torch.no_grad()
+def generate(lm, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
+             temperature: float, top_p: float = 1.0, n: int = 1) -> Rollout:
+    """`n` responses to each left-padded prompt (rows i·n … i·n + n − 1 answer prompt i), sampled
+    with the KV cache: plain temperature sampling, no top-k, top-p 1 unless asked; greedy when the
+    temperature is 0. The generation config is its own, so nothing a checkpoint's
+    generation_config.json sets (a repetition penalty, min-p, …) changes the sampler behind the
+    back of the log-probs that PPO computes with logits / temperature."""
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p) if temperature > 0 \
+        else dict(do_sample=False)
+    config = GenerationConfig(**sampling, max_new_tokens=max_new_tokens, use_cache=True,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if n > 1:  # as num_return_sequences does, so greedy decoding may repeat a prompt too
+        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0)
+    out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    response = out[:, prompt_ids.shape[1]:]                                # (B·n, T)
+    mask, has_eos = response_mask(response, tokenizer.eos_token_id)
+    kept = torch.where(mask.bool(), response, tokenizer.pad_token_id)
+    texts = [t.strip() for t in tokenizer.batch_decode(kept, skip_special_tokens=True)]
+    return Rollout(out, torch.cat([prompt_mask, mask], dim=1), response, mask, has_eos, texts)
+
+
 @dataclass
 class Samples:
     texts: list[list[str]]    # per prompt, its n completions (stopped at EOS, special tokens removed)
@@ -28,32 +87,22 @@ class Samples:
     lengths: list[list[int]]   # tokens generated for each completion, EOS included
 
 
-@torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], n: int, *, temperature: float, top_p: float,
+def sample(lm, tokenizer, prompts: list[str], n: int, *, temperature: float, top_p: float,
            max_new_tokens: int, batch_size: int) -> Samples:
-    """n completions per prompt; `batch_size` prompts (× n sequences) per `generate` call.
-
-    Sampling is plain: temperature, top-p, no top-k; greedy when temperature is 0.
-    """
-    was_training = model.training
-    model.eval()
+    """`n` completions of each prompt as text, `batch_size` prompts (× n sequences) per `generate`
+    call, dropout off."""
+    was_training = lm.training
+    lm.eval()
+    rows, collate = encode_prompts(tokenizer, prompts), left_pad_collate(tokenizer.pad_token_id)
     texts, eos, lengths = [], [], []
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
-        else dict(do_sample=False)
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        enc = tokenizer([format_prompt(p) for p in chunk], return_tensors="pt", padding=True,
-                        padding_side="left", add_special_tokens=False).to(model.device)  # as in training
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             use_cache=True, **sampling)
-        response = out[:, enc["input_ids"].shape[1]:]                      # (B·n, T)
-        ended = (response == tokenizer.eos_token_id).any(dim=1).tolist()
-        n_tokens = (response != tokenizer.pad_token_id).sum(dim=1).tolist()  # PAD fills rows that ended
-        decoded = [t.strip() for t in tokenizer.batch_decode(response, skip_special_tokens=True)]
-        for i in range(len(chunk)):
-            texts.append(decoded[i * n:(i + 1) * n])
-            eos.append(ended[i * n:(i + 1) * n])
-            lengths.append(n_tokens[i * n:(i + 1) * n])
-    model.train(was_training)
+    for start in range(0, len(rows), batch_size):
+        b = collate(rows[start:start + batch_size])
+        r = generate(lm, tokenizer, b["input_ids"].to(lm.device), b["attention_mask"].to(lm.device),
+                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n)
+        ended, n_tokens = r.has_eos.tolist(), r.mask.sum(1).tolist()
+        for i in range(0, len(r.texts), n):
+            texts.append(r.texts[i:i + n])
+            eos.append(ended[i:i + n])
+            lengths.append(n_tokens[i:i + n])
+    lm.train(was_training)
     return Samples(texts, eos, lengths)

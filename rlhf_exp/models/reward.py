@@ -1,6 +1,6 @@
 """The `reward` group: one interface, `score(prompts, completions) -> tensor (B,)`, for every source.
 
-- `LearnedReward`: a reward model trained by `stage=reward` (a one-output sequence classifier),
+- `LearnedReward`: a reward model trained by `stage=reward_model` (a one-output sequence classifier),
   optionally normalised with the mean and std of its scores on reference completions;
 - `ClassifierReward`: any sequence classifier; the reward is the logit (or probability) of one class;
 - `GoldReward`: the synthetic world's gold scorer.
@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Annotated, Literal
 
-from rlhf_exp.config import ConfigError, setting, settings
+from pydantic import Field
+
+from rlhf_exp.config import ConfigError, schema
 
 
 def _batched_logits(model, tokenizer, texts: list[str], batch_size: int, max_len: int):
@@ -25,36 +28,39 @@ def _batched_logits(model, tokenizer, texts: list[str], batch_size: int, max_len
     return torch.cat(out) if out else torch.zeros(0, model.config.num_labels)
 
 
-def _load_classifier(path: str):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path)
-    if tok.pad_token is None:  # a decoder classifier: pad with EOS, the score is read before padding
-        tok.pad_token = tok.eos_token
-    model.config.pad_token_id = tok.pad_token_id
-    return model, tok
+class _Loads:
+    """A reward source that loads a classifier directory with the `model` group's settings (dtype,
+    trust_remote_code); the stage that uses it sets `models` (ctx.reward_source())."""
+    models = None  # the `model` group's spec; None: a plain float32 load
+
+    def _load(self, path: str):
+        from rlhf_exp.models.factory import HFModel
+        spec = self.models.from_dir(path) if self.models is not None else \
+            HFModel(name_or_path=path, dtype="float32", trust_remote_code=False)
+        tokenizer, model = spec.classifier()
+        return model, tokenizer
+
+    def to(self, device):
+        """Move the classifier to the policy's device."""
+        self.loaded[0].to(device)
+        return self
 
 
-@settings
-class LearnedReward:
-    """A reward model directory (`reward.path`) written by `stage=reward`."""
+@schema
+class LearnedReward(_Loads):
+    """A reward model directory (`reward.path`) written by `stage=reward_model`."""
     path: str | None
     normalize: bool            # (r − mean) / std with the stats saved on reference completions
-    batch_size: int = setting(ge=1)
-    max_len: int = setting(ge=8)
+    batch_size: Annotated[int, Field(ge=1)]
+    max_len: Annotated[int, Field(ge=8)]
 
     @cached_property
     def loaded(self):
         """(model, tokenizer), loaded on first use."""
         if not self.path:
             raise ConfigError("reward.path: no reward model given; pass reward.path=DIR "
-                              "(a stage=reward output)")
-        return _load_classifier(self.path)
-
-    def to(self, device):
-        """Move the reward model to the policy's device."""
-        self.loaded[0].to(device)
-        return self
+                              "(a stage=reward_model output)")
+        return self._load(self.path)
 
     def score(self, prompts: list[str], completions: list[str]):
         model, tok = self.loaded
@@ -76,30 +82,26 @@ def reward_scores(model, tokenizer, prompts: list[str], completions: list[str], 
     return _batched_logits(model, tokenizer, texts, batch_size, max_len)[:, 0]
 
 
-@settings
-class ClassifierReward:
+@schema
+class ClassifierReward(_Loads):
     """Any Hugging Face sequence classifier: the reward is one class's logit or probability,
     e.g. the "not hate" class of a hate-speech classifier."""
     name_or_path: str
     positive_label: str         # the class whose logit is the reward (a key of config.label2id)
-    output: str = setting(choices=("logit", "prob"))
-    input: str = setting(choices=("completion", "prompt_completion"))
-    batch_size: int = setting(ge=1)
-    max_len: int = setting(ge=8)
+    output: Literal["logit", "prob"]
+    input: Literal["completion", "prompt_completion"]
+    batch_size: Annotated[int, Field(ge=1)]
+    max_len: Annotated[int, Field(ge=8)]
 
     @cached_property
     def loaded(self):
         """(model, tokenizer, index of the positive class), loaded on first use."""
-        model, tok = _load_classifier(self.name_or_path)
+        model, tok = self._load(self.name_or_path)
         labels = {str(k): v for k, v in model.config.label2id.items()}
         if self.positive_label not in labels:
             raise ConfigError(f"reward.positive_label = {self.positive_label!r}: expected one of "
                               f"{sorted(labels)} (the classes of {self.name_or_path})")
         return model, tok, labels[self.positive_label]
-
-    def to(self, device):
-        self.loaded[0].to(device)
-        return self
 
     def score(self, prompts: list[str], completions: list[str]):
         from rlhf_exp.models.generation import format_prompt
@@ -110,10 +112,10 @@ class ClassifierReward:
         return logits[:, index] if self.output == "logit" else logits.softmax(-1)[:, index]
 
 
-@settings
+@schema
 class GoldReward:
     """The synthetic world's gold scorer (oracle experiments and evaluation)."""
-    component: str = setting(choices=("overall", "helpfulness", "honesty", "harmlessness", "toxicity"))
+    component: Literal["overall", "helpfulness", "honesty", "harmlessness", "toxicity"]
 
     def score(self, prompts: list[str], completions: list[str]):
         import torch

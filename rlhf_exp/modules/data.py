@@ -7,7 +7,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from rlhf_exp.models.generation import format_prompt, reward_text
+from rlhf_exp.feedback.formats import Pair
+from rlhf_exp.models.generation import encode_prompts, format_prompt, left_pad_collate, reward_text
 
 
 def split_by_prompt(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -42,10 +43,10 @@ def sft_collate(tokenizer, max_len: int):
                                       for r in rows], tokenizer.pad_token_id)
 
 
-def encode_pairs(tokenizer, pairs: list[dict], max_len: int) -> list[dict]:
+def encode_pairs(tokenizer, pairs: list[Pair], max_len: int) -> list[dict]:
     """Preference pairs tokenized once: {"prompt", "chosen": (ids, labels), "rejected": (ids, labels)}."""
-    return [{"prompt": p["prompt"], "chosen": encode_completion(tokenizer, p["prompt"], p["chosen"], max_len),
-             "rejected": encode_completion(tokenizer, p["prompt"], p["rejected"], max_len)} for p in pairs]
+    return [{"prompt": p.prompt, "chosen": encode_completion(tokenizer, p.prompt, p.chosen, max_len),
+             "rejected": encode_completion(tokenizer, p.prompt, p.rejected, max_len)} for p in pairs]
 
 
 def pair_rows_collate(pad_id: int):
@@ -59,13 +60,13 @@ def pair_rows_collate(pad_id: int):
     return collate
 
 
-def comparison_groups(pairs: list[dict]) -> list[dict]:
+def comparison_groups(pairs: list[Pair]) -> list[dict]:
     """Pairs grouped by the comparison set they came from (`set_id`, else the prompt):
     {"prompt", "pairs"}. One group is one batch element, so each completion is scored once per
     step and a set's N-choose-2 pairs do not become N-choose-2 separate, correlated updates."""
     groups: dict[tuple, dict] = {}
     for p in pairs:
-        groups.setdefault((p["prompt"], p.get("set_id")), {"prompt": p["prompt"], "pairs": []})["pairs"].append(p)
+        groups.setdefault((p.prompt, p.set_id), {"prompt": p.prompt, "pairs": []})["pairs"].append(p)
     return list(groups.values())
 
 
@@ -77,13 +78,13 @@ def pair_collate(tokenizer, max_len: int):
         index: dict[tuple[str, str], int] = {}
         texts, chosen, rejected, margin, agreement = [], [], [], [], []
         for pair in (p for g in groups for p in g["pairs"]):
-            for key, out in ((pair["chosen"], chosen), (pair["rejected"], rejected)):
-                i = index.setdefault((pair["prompt"], key), len(texts))
+            for key, out in ((pair.chosen, chosen), (pair.rejected, rejected)):
+                i = index.setdefault((pair.prompt, key), len(texts))
                 if i == len(texts):
-                    texts.append(reward_text(tokenizer, pair["prompt"], key))
+                    texts.append(reward_text(tokenizer, pair.prompt, key))
                 out.append(i)
-            margin.append(float(pair.get("margin", 0.0)))
-            agreement.append(float(pair.get("agreement", 1.0)))
+            margin.append(0.0 if pair.margin is None else float(pair.margin))
+            agreement.append(1.0 if pair.agreement is None else float(pair.agreement))
         enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right",
                         truncation=True, max_length=max_len)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
@@ -109,30 +110,13 @@ class RowsDataModule(pl.LightningDataModule):
         return DataLoader(self.val_rows, batch_size=self.batch_size, collate_fn=self.collate)
 
 
-def tokenize_prompts(tokenizer, prompts: list[str]) -> list[dict]:
-    """Each prompt as the policy reads it, tokenized once: {"prompt", "ids"}."""
-    return [{"prompt": p, "ids": tokenizer(format_prompt(p), add_special_tokens=False)["input_ids"]}
-            for p in prompts]
-
-
-def left_pad_collate(pad_id: int):
-    """Pre-tokenized prompts -> {"prompts", "input_ids", "attention_mask"}, padded on the left
-    (generation appends to the right end of every row)."""
-    def collate(rows):
-        width = max(len(r["ids"]) for r in rows)
-        ids = torch.tensor([[pad_id] * (width - len(r["ids"])) + r["ids"] for r in rows])
-        mask = torch.tensor([[0] * (width - len(r["ids"])) + [1] * len(r["ids"]) for r in rows])
-        return {"prompts": [r["prompt"] for r in rows], "input_ids": ids, "attention_mask": mask}
-    return collate
-
-
 class PromptDataModule(pl.LightningDataModule):
     """Prompts for rollouts, tokenized once; each epoch is one shuffled pass (drawn with replacement
     when the batch is larger than the prompt set), in full batches."""
 
     def __init__(self, prompts: list[str], tokenizer, batch_size: int, seed: int):
         super().__init__()
-        self.rows = tokenize_prompts(tokenizer, prompts)
+        self.rows = encode_prompts(tokenizer, prompts)
         self.pad_id, self.batch_size, self.seed = tokenizer.pad_token_id, batch_size, seed
 
     def train_dataloader(self):

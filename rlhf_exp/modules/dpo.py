@@ -2,13 +2,17 @@
 log-probs are computed once, before training (`cache_reference_logps`), not at every step."""
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import pytorch_lightning as pl
 import torch
+from pydantic import Field
 
+from rlhf_exp.config import schema
 from rlhf_exp.core.dpo import dpo_loss
 from rlhf_exp.core.ops import logprobs_from_logits
 from rlhf_exp.modules.metrics import to_floats
-from rlhf_exp.modules.optim import linear_warmup
+from rlhf_exp.modules.optim import adamw
 
 
 def completion_logps(lm, batch) -> torch.Tensor:
@@ -23,6 +27,22 @@ def completion_logps(lm, batch) -> torch.Tensor:
     logp = logprobs_from_logits(logits, labels[:, 1:][keep[:, :-1]])      # (K,)
     rows = keep.nonzero()[:, 0]                                            # the row of each kept position
     return torch.zeros(labels.shape[0], dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
+
+
+@schema
+class DPOSettings:
+    """DPO's hyperparameters, `algorithm=dpo` (conf/algorithm/dpo.yaml gives each its default and meaning)."""
+    policy: str | None           # policy to align; null = this pipeline's sft/, else the model group
+    pairs: str | None            # pairs.jsonl; null = this pipeline's prepare output
+    beta: Annotated[float, Field(gt=0)]
+    loss_type: Literal["sigmoid", "ipo", "hinge"]
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)]
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    lr: Annotated[float, Field(gt=0)]
+    warmup_steps: Annotated[int, Field(ge=0)]
+    max_len: Annotated[int, Field(ge=8)]
+    val_fraction: Annotated[float, Field(ge=0, lt=1)]
 
 
 @torch.no_grad()
@@ -40,8 +60,8 @@ def cache_reference_logps(lm, rows: list[dict], collate, batch_size: int = 64) -
 
 
 class DPOModule(pl.LightningModule):
-    def __init__(self, policy, s):
-        """policy: the causal LM being aligned; s: the `algorithm` settings (DPOSettings)."""
+    def __init__(self, policy, s: DPOSettings):
+        """policy: the causal LM being aligned (its reference log-probs are in the batches)."""
         super().__init__()
         self.policy, self.s = policy, s
 
@@ -72,5 +92,4 @@ class DPOModule(pl.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.policy.parameters(), lr=self.s.lr, weight_decay=0.0, fused=True)
-        return linear_warmup(opt, self.s.warmup_steps)
+        return adamw(self.policy.parameters(), lr=self.s.lr, warmup_steps=self.s.warmup_steps)

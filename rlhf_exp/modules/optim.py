@@ -1,18 +1,24 @@
-"""Optimizers, schedules and gradient clipping the LightningModules share."""
+"""The one optimizer and schedule every LightningModule uses, and gradient clipping for manual
+optimisation."""
 from __future__ import annotations
 
 import torch
 
 
-def ppo_optimizer(params, lr: float) -> torch.optim.Optimizer:
-    """AdamW (ε 1e-5, no weight decay), as one fused kernel over all parameters."""
-    return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=0.0, fused=True)
-
-
-def linear_warmup(opt: torch.optim.Optimizer, warmup_steps: int) -> dict:
-    """Lightning's optimizer config: the learning rate rises linearly over `warmup_steps`, then stays."""
+def adamw(params, *, lr: float, weight_decay: float = 0.0, eps: float = 1e-8, fused: bool = True,
+          warmup_steps: int = 0, decay_steps: int | None = None):
+    """AdamW and Lightning's optimizer config for it: the learning rate rises linearly over
+    `warmup_steps`, then stays, or decays linearly to 0 at step `decay_steps` when given.
+    `fused` runs one kernel over all parameters (the for-each kernel rounds differently in the last
+    bit; SFT and the reward model keep it, so their results stay those of earlier runs)."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=eps, fused=fused or None)
     warmup = max(1, warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+
+    def factor(step: int) -> float:
+        rise = min(1.0, (step + 1) / warmup)
+        return rise * (max(0.0, 1 - step / decay_steps) if decay_steps else 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

@@ -9,17 +9,68 @@ from __future__ import annotations
 import math
 import time
 from statistics import mean
+from typing import Annotated, Literal
 
+import pydantic
 import pytorch_lightning as pl
 import torch
+from pydantic import Field
 
+from rlhf_exp.config import schema
 from rlhf_exp.core.kl import KL_ESTIMATORS
 from rlhf_exp.core.ops import entropy_from_logits, logprobs_from_logits, masked_mean, masked_whiten
 from rlhf_exp.core.ppo import (AdaptiveKLController, FixedKLController, gae, policy_loss, shape_rewards,
                                total_loss, value_loss)
 from rlhf_exp.modules.metrics import to_floats
-from rlhf_exp.modules.optim import clip_grad_norm, ppo_optimizer
-from rlhf_exp.modules.rollout import Experience, rollout_logprobs, sample_responses
+from rlhf_exp.modules.optim import adamw, clip_grad_norm
+from rlhf_exp.models.generation import generate
+from rlhf_exp.modules.rollout import Experience, rollout_logprobs
+
+
+@schema
+class PPOSettings:
+    """PPO's hyperparameters, `algorithm=ppo` (conf/algorithm/ppo.yaml gives each its default and meaning)."""
+    policy: str | None                         # policy to align; null = this pipeline's sft/, else the model group
+    ckpt_path: str | None                      # a Lightning checkpoint to resume from
+    max_steps: Annotated[int, Field(ge=1)]     # PPO iterations
+    reward_threshold: float | None             # stop when the moving-average score reaches it
+    threshold_window: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]    # rollouts per iteration
+    max_new_tokens: Annotated[int, Field(ge=1)]
+    temperature: Annotated[float, Field(gt=0)]
+    missing_eos_penalty: float | None
+    ppo_epochs: Annotated[int, Field(ge=1)]
+    minibatches: Annotated[int, Field(ge=1)]
+    lr: Annotated[float, Field(gt=0)]
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    clip_eps: Annotated[float, Field(gt=0, lt=1)]
+    value_clip_eps: Annotated[float, Field(gt=0)]
+    vf_coef: Annotated[float, Field(ge=0)]
+    ent_coef: Annotated[float, Field(ge=0)]
+    target_kl: Annotated[float, Field(gt=0)] | None
+    kl_coef: Annotated[float, Field(ge=0)]
+    kl_estimator: Literal["k1", "k3"]
+    kl_controller: Literal["fixed", "adaptive"]
+    kl_target: Annotated[float, Field(gt=0)]
+    kl_horizon: Annotated[int, Field(ge=1)]
+    gamma: Annotated[float, Field(ge=0, le=1)]
+    lam: Annotated[float, Field(ge=0, le=1)]
+    whiten_rewards: bool
+    whiten_advantages: bool
+    value_model: Literal["shared", "separate"]
+    value_init: Literal["zero", "reward"]
+    check_invariants: bool
+    sample_every: Annotated[int, Field(ge=0)]
+    n_samples: Annotated[int, Field(ge=0)]
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self):
+        if self.minibatches > self.batch_size:
+            raise ValueError(f"minibatches = {self.minibatches}: expected at most batch_size ({self.batch_size})")
+        if self.value_init == "reward" and self.value_model != "separate":
+            raise ValueError("value_init = 'reward': expected value_model = 'separate' (the critic is a "
+                             "copy of the reward model)")
+        return self
 
 
 class InvariantError(AssertionError):
@@ -27,9 +78,9 @@ class InvariantError(AssertionError):
 
 
 class PPOModule(pl.LightningModule):
-    def __init__(self, actor_critic, ref_lm, tokenizer, reward, s, seed: int = 0):
+    def __init__(self, actor_critic, ref_lm, tokenizer, reward, s: PPOSettings, seed: int = 0):
         """actor_critic: ActorCritic; ref_lm: frozen copy of the starting policy; reward: has
-        `score(prompts, completions) -> (B,)`; s: the `algorithm` settings (PPOSettings)."""
+        `score(prompts, completions) -> (B,)`; s: PPOSettings."""
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.ref, self.tokenizer, self.reward, self.s = actor_critic, ref_lm, tokenizer, reward, s
@@ -61,8 +112,8 @@ class PPOModule(pl.LightningModule):
     @torch.no_grad()
     def experience(self, batch) -> tuple[Experience, dict]:
         s = self.s
-        roll = sample_responses(self.policy.lm, self.tokenizer, batch["input_ids"], batch["attention_mask"],
-                                max_new_tokens=s.response_len, temperature=s.temperature)
+        roll = generate(self.policy.lm, self.tokenizer, batch["input_ids"], batch["attention_mask"],
+                        max_new_tokens=s.max_new_tokens, temperature=s.temperature)
         scores = self.reward.score(batch["prompts"], roll.texts).to(self.device).float()     # (B,)
         if s.missing_eos_penalty is not None:  # a response cut off before EOS gets a fixed score
             scores = torch.where(roll.has_eos, scores, torch.full_like(scores, s.missing_eos_penalty))
@@ -184,7 +235,7 @@ class PPOModule(pl.LightningModule):
 
     def configure_optimizers(self):
         self.trained = [p for p in self.policy.parameters() if p.requires_grad]
-        return ppo_optimizer(self.trained, self.s.lr)
+        return adamw(self.trained, lr=self.s.lr, eps=1e-5)  # ε 1e-5 as in cleanRL; no schedule
 
     # -- resuming ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):

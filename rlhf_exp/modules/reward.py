@@ -1,18 +1,37 @@
 """The reward model: a sequence classifier with one output, trained on preference pairs."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import pytorch_lightning as pl
 import torch
+from pydantic import Field
 
+from rlhf_exp.config import schema
 from rlhf_exp.core.reward import centering_loss, pairwise_loss
+from rlhf_exp.modules.optim import adamw
+
+
+@schema
+class RewardModelSettings:
+    """`stage=reward_model` (conf/reward_model/default.yaml gives each its default and meaning)."""
+    pairs: str | None           # pairs.jsonl; null = this pipeline's prepare output
+    backbone: str | None        # model dir to start from; null = this pipeline's sft/, else the `model` group
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]          # comparison sets per step (each text scored once)
+    lr: Annotated[float, Field(gt=0)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    center_coef: Annotated[float, Field(ge=0)]       # weight of the reward-centering term (r_c + r_r)²
+    use_margin: bool                                  # subtract a pair's `margin` inside the sigmoid
+    val_fraction: Annotated[float, Field(ge=0, lt=1)]
+    max_len: Annotated[int, Field(ge=8)]
 
 
 class RewardModule(pl.LightningModule):
-    def __init__(self, model, lr: float, weight_decay: float, center_coef: float, use_margin: bool):
+    def __init__(self, model, s: RewardModelSettings):
+        """model: a one-output sequence classifier (its logit is the reward)."""
         super().__init__()
-        self.model = model
-        self.lr, self.weight_decay = lr, weight_decay
-        self.center_coef, self.use_margin = center_coef, use_margin
+        self.model, self.s = model, s
 
     def on_fit_start(self):
         self.model.train()  # from_pretrained returns eval mode; dropout is on while the RM trains
@@ -24,9 +43,9 @@ class RewardModule(pl.LightningModule):
 
     def _step(self, batch):
         chosen, rejected = self.rewards(batch)
-        loss, stats = pairwise_loss(chosen, rejected, batch["margin"] if self.use_margin else None)
-        if self.center_coef:
-            loss = loss + self.center_coef * centering_loss(chosen, rejected)
+        loss, stats = pairwise_loss(chosen, rejected, batch["margin"] if self.s.use_margin else None)
+        if self.s.center_coef:
+            loss = loss + self.s.center_coef * centering_loss(chosen, rejected)
         return loss, stats, chosen, rejected
 
     def training_step(self, batch, batch_idx):
@@ -48,7 +67,5 @@ class RewardModule(pl.LightningModule):
                 self.log(f"reward/val/accuracy_{name}", correct[mask].mean(), batch_size=int(mask.sum()))
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        total = max(1, self.trainer.estimated_stepping_batches)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1 - step / total))  # linear decay to 0
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw(self.model.parameters(), lr=self.s.lr, weight_decay=self.s.weight_decay, fused=False,
+                     decay_steps=max(1, self.trainer.estimated_stepping_batches))

@@ -1,20 +1,39 @@
 """SFT: fine-tune the policy on demonstrations, the loss on completion tokens only."""
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import pytorch_lightning as pl
 import torch
+from pydantic import Field
 
+from rlhf_exp.config import schema
 from rlhf_exp.models.generation import sample
-from rlhf_exp.modules.optim import linear_warmup
+from rlhf_exp.modules.optim import adamw
+
+
+@schema
+class SFTSettings:
+    """`stage=sft` (conf/sft/default.yaml gives each its default and meaning)."""
+    styles: Literal["mixed", "helpful"]     # synthetic world: what the demonstrations show
+    per_prompt: Annotated[int, Field(ge=1)]
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    lr: Annotated[float, Field(gt=0)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_steps: Annotated[int, Field(ge=0)]
+    val_fraction: Annotated[float, Field(ge=0, lt=1)]
+    max_len: Annotated[int, Field(ge=8)]
+    n_samples: Annotated[int, Field(ge=0)]
+    sample_max_new_tokens: Annotated[int, Field(ge=1)]
 
 
 class SFTModule(pl.LightningModule):
-    def __init__(self, policy, tokenizer, lr: float, weight_decay: float, warmup_steps: int,
-                 sample_prompts: list[str], sample_max_new_tokens: int):
+    def __init__(self, policy, tokenizer, s: SFTSettings, sample_prompts: list[str]):
+        """policy: the causal LM to fine-tune; sample_prompts: sampled (greedy) after each validation."""
         super().__init__()
-        self.policy, self.tokenizer = policy, tokenizer
-        self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
-        self.sample_prompts, self.sample_max_new_tokens = sample_prompts, sample_max_new_tokens
+        self.policy, self.tokenizer, self.s = policy, tokenizer, s
+        self.sample_prompts = sample_prompts
         self.samples: list[str] = []  # one block of text per validation epoch
 
     def _loss(self, batch) -> torch.Tensor:
@@ -33,11 +52,11 @@ class SFTModule(pl.LightningModule):
         if self.trainer.sanity_checking or not self.sample_prompts:
             return
         out = sample(self.policy, self.tokenizer, self.sample_prompts, 1, temperature=0.0, top_p=1.0,
-                     max_new_tokens=self.sample_max_new_tokens, batch_size=len(self.sample_prompts))
+                     max_new_tokens=self.s.sample_max_new_tokens, batch_size=len(self.sample_prompts))
         lines = [f"## epoch {self.current_epoch}"]
         lines += [f"{p}\n  -> {t[0]}" for p, t in zip(self.sample_prompts, out.texts)]
         self.samples.append("\n".join(lines))
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.policy.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        return linear_warmup(opt, self.warmup_steps)
+        return adamw(self.policy.parameters(), lr=self.s.lr, weight_decay=self.s.weight_decay,
+                     fused=False, warmup_steps=self.s.warmup_steps)

@@ -1,13 +1,15 @@
-"""`stage=align`: fine-tune the policy with the configured algorithm (`algorithm=ppo` or `dpo`);
-either way the aligned policy is saved with save_pretrained to policy/, which `eval` reads."""
+"""`stage=align`: fine-tune the policy with the algorithm the `algorithm` group built (PPOSettings or
+DPOSettings); either way the aligned policy is saved with save_pretrained to policy/, which `eval` reads."""
 from __future__ import annotations
 
-import importlib
-
+from rlhf_exp.modules.dpo import DPOSettings
+from rlhf_exp.modules.ppo import PPOSettings
+from rlhf_exp.stages import dpo, ppo
 from rlhf_exp.stages.context import StageContext
 
-ALGORITHMS = {"ppo": "rlhf_exp.stages.ppo", "dpo": "rlhf_exp.stages.dpo"}
+ALGORITHMS = {PPOSettings: ppo.run, DPOSettings: dpo.run}  # the settings' type says which algorithm runs
 
 
 def run(ctx: StageContext) -> None:
-    importlib.import_module(ALGORITHMS[ctx.built["algorithm"].name]).run(ctx)
+    s = ctx.built["algorithm"]
+    ALGORITHMS[type(s)](ctx, s)

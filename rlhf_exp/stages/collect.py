@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from statistics import mean
+from typing import Annotated, Literal
 
-from rlhf_exp.config import ConfigError, setting, settings
-from rlhf_exp.feedback.formats import RankedSet, ranked_to_json, write_jsonl
+from pydantic import Field
+
+from rlhf_exp.config import ConfigError, schema
+from rlhf_exp.feedback.formats import RankedSet, ranked_to_json
 from rlhf_exp.feedback.sources import gold_scores
-from rlhf_exp.models.factory import local_model
+from rlhf_exp.files import write_jsonl
 from rlhf_exp.models.generation import sample
 from rlhf_exp.stages.context import StageContext
 
@@ -38,17 +41,17 @@ with your labeler id and, for each completion in the order given, its rank.
 """
 
 
-@settings
+@schema
 class CollectSettings:
+    """`stage=collect` (conf/collect/default.yaml gives each its default and meaning); K is data.n_completions."""
     policy: str | None          # policy dir; null = this pipeline's sft/
-    n_completions: int = setting(ge=2)       # K: completions per prompt
-    sets_per_prompt: int = setting(ge=1)
-    heldout_sets: int = setting(ge=0)        # sets per held-out prompt (unlabeled, for evaluation)
-    temperature: float = setting(ge=0)
-    top_p: float = setting(gt=0, le=1)
-    max_new_tokens: int = setting(ge=1)
-    batch_size: int = setting(ge=1)          # prompts per generate call (× K sequences)
-    labelers: str = setting(choices=("simulated", "human"))
+    sets_per_prompt: Annotated[int, Field(ge=1)]
+    heldout_sets: Annotated[int, Field(ge=0)]        # sets per held-out prompt (unlabeled, for evaluation)
+    temperature: Annotated[float, Field(ge=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    max_new_tokens: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]          # prompts per generate call (× K sequences)
+    labelers: Literal["simulated", "human"]
 
 
 def run(ctx: StageContext) -> None:
@@ -59,7 +62,7 @@ def run(ctx: StageContext) -> None:
         raise ConfigError("collect.labelers = 'simulated': expected 'human' with data=files "
                           "(only the synthetic world has simulated labelers)")
     policy_dir = ctx.input_path(s.policy, "policy", "collect.policy")
-    spec = local_model(policy_dir)
+    spec = ctx.model_spec(str(policy_dir))
     tokenizer = spec.tokenizer()
     policy = spec.causal_lm(tokenizer)
     gen = dict(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
@@ -67,15 +70,15 @@ def run(ctx: StageContext) -> None:
 
     t0 = time.perf_counter()
     prompts = [p for p in data.train_prompts() for _ in range(s.sets_per_prompt)]
-    out = sample(policy, tokenizer, prompts, s.n_completions, **gen)
+    out = sample(policy, tokenizer, prompts, data.n_completions, **gen)
     heldout = [p for p in data.heldout_prompts() for _ in range(s.heldout_sets)]
-    held = sample(policy, tokenizer, heldout, s.n_completions, **gen) if heldout else None
+    held = sample(policy, tokenizer, heldout, data.n_completions, **gen) if heldout else None
     seconds = time.perf_counter() - t0
 
     sets = list(zip(prompts, out.texts))
     gold = gold_scores(sets) if data.simulated else None
     records = data.rank(sets, "collect", gold) if simulated else \
-        [RankedSet(p, c, {}, {"set_id": i}) for i, (p, c) in enumerate(sets)]
+        [RankedSet(p, c, {}, set_id=i) for i, (p, c) in enumerate(sets)]
     ctx.save("feedback", write_jsonl(ctx.run_dir / "feedback.jsonl", map(ranked_to_json, records)))
     if not simulated:
         ctx.save_text("labeling_guide", "LABELING.md", LABELING_GUIDE)
@@ -88,10 +91,10 @@ def run(ctx: StageContext) -> None:
                "collect/response/len_mean": mean(n for ns in out.lengths for n in ns),
                "collect/response/eos_rate": mean(e for es in out.has_eos for e in es),
                "collect/perf/generate_s": seconds,
-               "collect/perf/sequences_per_s": (len(texts) + (len(heldout) * s.n_completions)) / seconds}
+               "collect/perf/sequences_per_s": (len(texts) + (len(heldout) * data.n_completions)) / seconds}
     if gold is not None:
         for k in ("overall", "helpfulness", "toxicity", "coherence"):
             metrics[f"collect/gold/{k}"] = mean(getattr(g, k) for gs in gold for g in gs)
     ctx.run.log_metrics(metrics)
-    print(f"collect: {len(sets)} sets of {s.n_completions} from {policy_dir} in {seconds:.1f} s; "
+    print(f"collect: {len(sets)} sets of {data.n_completions} from {policy_dir} in {seconds:.1f} s; "
           f"{'ranked by the simulated labelers' if simulated else 'LABELING.md written for people'}")

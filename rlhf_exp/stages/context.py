@@ -9,12 +9,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from rlhf_exp.errors import UserError
+from rlhf_exp.files import write_text
 
 
 @dataclass
 class StageContext:
     cfg: DictConfig                 # the resolved config
-    built: dict[str, Any]           # node name -> its built settings object (data, model, prepare...)
+    built: dict[str, Any]           # node name -> what it built (settings of data, model, sft, algorithm, ...)
     run_dir: Path                   # the Hydra run dir; every output of the run goes under it
     run: Any                        # the stage's tracked run (TrackedRun, or NullRun for logger=none)
     outputs: dict[str, Path] = field(default_factory=dict)  # files of earlier stages, by name
@@ -28,35 +29,36 @@ class StageContext:
         raise UserError(f"{key}: no input given; pass {key}=PATH, or run the pipeline "
                         f"(stage=pipeline), whose earlier stages write it")
 
-    def model_spec(self, explicit: str | None, output: str):
+    def model_spec(self, explicit: str | None, output: str | None = None):
         """A model to start from: the directory given, else an earlier stage's output, else the
-        `model` group (e.g. the tiny model built from its config)."""
-        from rlhf_exp.models.factory import local_model
-        if explicit or output in self.outputs:
-            return local_model(explicit or self.outputs[output])
-        return self.built["model"]
+        `model` group itself (e.g. the tiny model built from its config). A directory is loaded
+        with the `model` group's settings (dtype, trust_remote_code)."""
+        path = explicit or self.outputs.get(output)
+        return self.built["model"].from_dir(path) if path else self.built["model"]
 
     def reward_source(self):
-        """The `reward` group's source; a learned reward with no path is this pipeline's reward model."""
+        """The `reward` group's source, loading with the `model` group's settings; a learned
+        reward with no path is this pipeline's reward model."""
         from rlhf_exp.models.reward import LearnedReward
         reward = self.built["reward"]
         if isinstance(reward, LearnedReward) and not reward.path:
             if "reward_model" not in self.outputs:
-                raise UserError("reward.path: no reward model given; pass reward.path=DIR (a stage=reward "
+                raise UserError("reward.path: no reward model given; pass reward.path=DIR (a stage=reward_model "
                                 "output), choose reward=gold or reward=classifier, or run the pipeline")
             reward = dataclasses.replace(reward, path=str(self.outputs["reward_model"]))
+        reward.models = self.built["model"]
         return reward
 
     def trainer(self, stage: str, **overrides):
         """The configured pytorch_lightning.Trainer, logging into this stage's MLflow run and
         checkpointing (for resuming) under checkpoints/<stage>/ in the run directory."""
-        from hydra.utils import instantiate
         from pytorch_lightning.callbacks import ModelCheckpoint
+
+        from rlhf_exp.config import build
         callbacks = []
         if self.cfg.trainer.get("enable_checkpointing", True) and not self.cfg.trainer.get("fast_dev_run"):
             callbacks.append(ModelCheckpoint(dirpath=self.run_dir / "checkpoints" / stage, save_last=True))
-        return instantiate(self.cfg.trainer, logger=self.run.lightning_logger(), callbacks=callbacks,
-                           **overrides)
+        return build(self.cfg.trainer, logger=self.run.lightning_logger(), callbacks=callbacks, **overrides)
 
     def save_pretrained(self, name: str, dirname: str, model, tokenizer) -> Path:
         """Save a model and its tokenizer with save_pretrained to run_dir/dirname; record it as `name`."""
@@ -66,10 +68,8 @@ class StageContext:
         return self.save(name, out)
 
     def save_text(self, name: str, filename: str, text: str) -> Path:
-        """Write a text file into the run dir and record it as `name`."""
-        path = self.run_dir / filename
-        path.write_text(text, encoding="utf-8")
-        return self.save(name, path)
+        """Write a text file into the run dir (atomically) and record it as `name`."""
+        return self.save(name, write_text(self.run_dir / filename, text))
 
     def save(self, name: str, path: Path) -> Path:
         """Record an output file: logged as an artifact and passed on to later stages."""

@@ -10,37 +10,40 @@ from __future__ import annotations
 
 import json
 from statistics import mean
+from typing import Annotated
 
 import pytorch_lightning as pl
+from pydantic import Field
 
-from rlhf_exp.config import setting, settings
+from rlhf_exp.config import schema
+from rlhf_exp.feedback.sources import gold_scores
+from rlhf_exp.models.generation import encode_prompts, generate, left_pad_collate
+from rlhf_exp.modules.rollout import rollout_logprobs
 from rlhf_exp.stages.context import StageContext
 
 
-@settings
+@schema
 class EvalSettings:
+    """`stage=eval` (conf/eval/default.yaml gives each its default and meaning)."""
     policy: str | None        # aligned policy dir; null = this pipeline's align output
     reference: str | None     # reference policy dir; null = this pipeline's sft/ (where alignment started)
-    samples_per_prompt: int = setting(ge=1)
-    temperature: float = setting(gt=0)
-    max_new_tokens: int = setting(ge=1)
-    batch_size: int = setting(ge=1)     # responses per generate call
+    samples_per_prompt: Annotated[int, Field(ge=1)]
+    temperature: Annotated[float, Field(gt=0)]
+    max_new_tokens: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]     # responses per generate call
 
 
 def sample_rollouts(lm, tokenizer, prompts: list[str], s: EvalSettings):
     """Responses to each prompt (one per row), `batch_size` rows per generate call, as Rollouts."""
-    from rlhf_exp.modules.data import left_pad_collate, tokenize_prompts
-    from rlhf_exp.modules.rollout import sample_responses
-    rows, collate = tokenize_prompts(tokenizer, prompts), left_pad_collate(tokenizer.pad_token_id)
+    rows, collate = encode_prompts(tokenizer, prompts), left_pad_collate(tokenizer.pad_token_id)
     for i in range(0, len(rows), s.batch_size):
         b = collate(rows[i:i + s.batch_size])
-        yield sample_responses(lm, tokenizer, b["input_ids"], b["attention_mask"],
-                               max_new_tokens=s.max_new_tokens, temperature=s.temperature)
+        yield generate(lm, tokenizer, b["input_ids"], b["attention_mask"],
+                       max_new_tokens=s.max_new_tokens, temperature=s.temperature)
 
 
 def sequence_kl(policy, ref, rollout, temperature: float) -> list[float]:
     """Σ_t log π(y_t) − log π_ref(y_t) over each of the policy's own responses (EOS included)."""
-    from rlhf_exp.modules.rollout import rollout_logprobs
     diff = rollout_logprobs(policy, rollout, temperature) - rollout_logprobs(ref, rollout, temperature)
     return (diff * rollout.mask).sum(1).tolist()
 
@@ -71,16 +74,15 @@ def side_by_side(prompts, ref, pol, ref_r, pol_r) -> str:
 
 
 def run(ctx: StageContext) -> None:
-    from rlhf_exp.feedback.sources import gold_scores
-    from rlhf_exp.models.factory import local_model
     s: EvalSettings = ctx.built["eval"]
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     data = ctx.built["data"]
     prompts = data.heldout_prompts() or data.train_prompts()
     policy_dir = ctx.input_path(s.policy, "aligned_policy", "eval.policy")
     ref_dir = ctx.input_path(s.reference, "policy", "eval.reference")
-    tokenizer = local_model(policy_dir).tokenizer()
-    policy, ref = local_model(policy_dir).causal_lm(tokenizer), local_model(ref_dir).causal_lm(tokenizer)
+    tokenizer = ctx.model_spec(str(policy_dir)).tokenizer()
+    policy = ctx.model_spec(str(policy_dir)).causal_lm(tokenizer)
+    ref = ctx.model_spec(str(ref_dir)).causal_lm(tokenizer)
     flat_prompts = [p for p in prompts for _ in range(s.samples_per_prompt)]
     texts, kl = {"ref": [], "policy": []}, []
     for r in sample_rollouts(ref, tokenizer, flat_prompts, s):

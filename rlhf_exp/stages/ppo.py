@@ -6,54 +6,12 @@ import copy
 
 import pytorch_lightning as pl
 
-from rlhf_exp.config import ConfigError, setting, settings
-from rlhf_exp.feedback.formats import write_jsonl
+from rlhf_exp.config import ConfigError
+from rlhf_exp.files import write_jsonl
+from rlhf_exp.models.value import ActorCritic
+from rlhf_exp.modules.data import PromptDataModule
+from rlhf_exp.modules.ppo import PPOModule, PPOSettings
 from rlhf_exp.stages.context import StageContext
-
-
-@settings
-class PPOSettings:
-    """PPO's hyperparameters (conf/algorithm/ppo.yaml documents each)."""
-    name: str = setting(choices=("ppo",))
-    policy: str | None                         # policy to align; null = this pipeline's sft/, else the model group
-    ckpt_path: str | None                      # a Lightning checkpoint to resume from
-    max_steps: int = setting(ge=1)             # PPO iterations
-    reward_threshold: float | None             # stop when the moving-average score reaches it
-    threshold_window: int = setting(ge=1)
-    batch_size: int = setting(ge=1)            # rollouts per iteration
-    minibatches: int = setting(ge=1)
-    ppo_epochs: int = setting(ge=1)
-    response_len: int = setting(ge=1)
-    temperature: float = setting(gt=0)
-    lr: float = setting(gt=0)
-    max_grad_norm: float = setting(gt=0)
-    clip_eps: float = setting(gt=0, lt=1)
-    value_clip_eps: float = setting(gt=0)
-    vf_coef: float = setting(ge=0)
-    ent_coef: float = setting(ge=0)
-    kl_coef: float = setting(ge=0)
-    kl_estimator: str = setting(choices=("k1", "k3"))
-    kl_controller: str = setting(choices=("fixed", "adaptive"))
-    kl_target: float = setting(gt=0)
-    kl_horizon: int = setting(ge=1)
-    gamma: float = setting(ge=0, le=1)
-    lam: float = setting(ge=0, le=1)
-    whiten_rewards: bool
-    whiten_advantages: bool
-    missing_eos_penalty: float | None
-    target_kl: float | None = setting(gt=0)
-    value_model: str = setting(choices=("shared", "separate"))
-    value_init: str = setting(choices=("zero", "reward"))
-    check_invariants: bool
-    sample_every: int = setting(ge=0)
-    n_samples: int = setting(ge=0)
-
-    def __post_init__(self):
-        if self.minibatches > self.batch_size:
-            raise ValueError(f"minibatches = {self.minibatches}: expected at most batch_size ({self.batch_size})")
-        if self.value_init == "reward" and self.value_model != "separate":
-            raise ValueError("value_init = 'reward': expected value_model = 'separate' (the critic is a "
-                             "copy of the reward model)")
 
 
 def critic_for(s: PPOSettings, lm, tokenizer, reward):
@@ -74,13 +32,8 @@ def critic_for(s: PPOSettings, lm, tokenizer, reward):
     return Critic.from_reward_model(rm)
 
 
-def run(ctx: StageContext) -> None:
-    s = ctx.built["algorithm"]
+def run(ctx: StageContext, s: PPOSettings) -> None:
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
-    from rlhf_exp.models.value import ActorCritic
-    from rlhf_exp.modules.data import PromptDataModule
-    from rlhf_exp.modules.ppo import PPOModule
-
     spec = ctx.model_spec(s.policy, "policy")
     tokenizer = spec.tokenizer()
     lm = spec.causal_lm(tokenizer)

@@ -1,18 +1,24 @@
 """`stage=prepare`: feedback -> trusted labelers -> consensus rankings -> preference pairs."""
 from __future__ import annotations
 
-from rlhf_exp.config import setting, settings
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from rlhf_exp.config import schema
 from rlhf_exp.feedback.consensus import DROP_REASONS, Prepared, prepare_pairs
-from rlhf_exp.feedback.formats import FeedbackError, load_feedback, ranked_to_json, write_json, write_jsonl
+from rlhf_exp.feedback.formats import load_feedback, ranked_to_json
 from rlhf_exp.feedback.sources import LoadedFeedback
+from rlhf_exp.files import FileError, write_json, write_jsonl
 from rlhf_exp.stages.context import StageContext
 
 
-@settings
+@schema
 class PrepareSettings:
-    min_agreement: float = setting(ge=-1, le=1)
-    flag_quorum: float = setting(ge=0, le=1)
-    pairs_from: str = setting(choices=("consensus", "labeler"))
+    """`stage=prepare` (conf/prepare/default.yaml gives each its default and meaning)."""
+    min_agreement: Annotated[float, Field(ge=-1, le=1)]
+    flag_quorum: Annotated[float, Field(ge=0, le=1)]
+    pairs_from: Literal["consensus", "labeler"]
     feedback: str | None  # ranked/pairwise/binary file; null = this pipeline's collect output, else `data`
 
 
@@ -64,7 +70,7 @@ def run(ctx: StageContext) -> None:
     report = labelers_report(prepared, data.labeler_kinds(), s.min_agreement)
     print(format_table(report))
     if not prepared.pairs:
-        raise FeedbackError(loaded.source, ["no preference pairs could be made; " + "; ".join(
+        raise FileError(loaded.source, ["no preference pairs could be made; " + "; ".join(
             f"{n} {DROP_REASONS[k]}" for k, n in prepared.dropped.items() if n)])
 
     out = ctx.run_dir

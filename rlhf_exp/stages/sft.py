@@ -3,25 +3,9 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
-from rlhf_exp.config import setting, settings
 from rlhf_exp.modules.data import RowsDataModule, sft_collate
-from rlhf_exp.modules.sft import SFTModule
+from rlhf_exp.modules.sft import SFTModule, SFTSettings
 from rlhf_exp.stages.context import StageContext
-
-
-@settings
-class SFTSettings:
-    styles: str = setting(choices=("mixed", "helpful"))  # synthetic world: what the demonstrations show
-    per_prompt: int = setting(ge=1)
-    epochs: int = setting(ge=1)
-    batch_size: int = setting(ge=1)
-    lr: float = setting(gt=0)
-    weight_decay: float = setting(ge=0)
-    warmup_steps: int = setting(ge=0)
-    val_fraction: float = setting(ge=0, lt=1)
-    max_len: int = setting(ge=8)
-    n_samples: int = setting(ge=0)
-    sample_max_new_tokens: int = setting(ge=1)
 
 
 def run(ctx: StageContext) -> None:
@@ -33,8 +17,7 @@ def run(ctx: StageContext) -> None:
     rows = ctx.built["data"].sft_rows(s.styles, s.per_prompt)
     dm = RowsDataModule(rows, sft_collate(tokenizer, s.max_len), s.batch_size, s.val_fraction, ctx.cfg.seed)
     sample_prompts = sorted({r["prompt"] for r in dm.val_rows or dm.train_rows})[: s.n_samples]
-    module = SFTModule(policy, tokenizer, s.lr, s.weight_decay, s.warmup_steps, sample_prompts,
-                       s.sample_max_new_tokens)
+    module = SFTModule(policy, tokenizer, s, sample_prompts)
     trainer = ctx.trainer("sft", max_epochs=s.epochs)
     trainer.fit(module, datamodule=dm)
     print(f"sft: {len(dm.train_rows)} train / {len(dm.val_rows)} val demonstrations, "

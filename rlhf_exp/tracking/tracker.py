@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from rlhf_exp.config import settings
+import pydantic
+
+from rlhf_exp.config import schema
 
 
 class TrackedRun:
@@ -70,17 +72,20 @@ class NullRun:
     def lightning_logger(self): return False  # Lightning: no logger
 
 
-@settings
+@schema
 class MLflowTracker:
     """Runs in an MLflow tracking store (default: the sqlite file `outputs/mlflow.db`)."""
     tracking_uri: str
     experiment_name: str
     artifact_location: str
 
-    def __post_init__(self):
+    _client = None  # made on first use
+
+    @pydantic.model_validator(mode="after")
+    def _named(self):
         if not self.experiment_name.strip():
             raise ValueError("experiment_name = '': expected a non-empty name")
-        self._client = None
+        return self
 
     @property
     def client(self):
@@ -123,7 +128,7 @@ class MLflowTracker:
             self.client.set_terminated(info.run_id, status)
 
 
-@settings
+@schema
 class NoTracker:
     """`logger=none`: nothing is tracked."""
 

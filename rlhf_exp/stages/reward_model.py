@@ -1,4 +1,4 @@
-"""`stage=reward`: train the reward model on preference pairs; saved to reward_model/ as a
+"""`stage=reward_model`: train the reward model on preference pairs; saved to reward_model/ as an
 `AutoModelForSequenceClassification` with one output, with the mean and std of its scores on the
 reference completions in its config (`reward_mean`, `reward_std`) for normalisation."""
 from __future__ import annotations
@@ -10,28 +10,14 @@ from statistics import mean, pstdev
 
 import pytorch_lightning as pl
 
-from rlhf_exp.config import setting, settings
-from rlhf_exp.feedback.formats import read_jsonl
+from rlhf_exp.feedback.formats import load_pairs
+from rlhf_exp.files import read_jsonl
 from rlhf_exp.models.reward import reward_scores
 from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate
-from rlhf_exp.modules.reward import RewardModule
+from rlhf_exp.modules.reward import RewardModelSettings, RewardModule
 from rlhf_exp.stages.context import StageContext
 
 GOLD_TIE = 0.1  # gold-score gaps below this are ties: no gold preference to agree with
-
-
-@settings
-class RewardModelSettings:
-    pairs: str | None           # pairs.jsonl; null = this pipeline's prepare output
-    backbone: str | None        # model dir to start from; null = this pipeline's sft/, else the `model` group
-    epochs: int = setting(ge=1)
-    batch_size: int = setting(ge=1)          # comparison sets per step (each text scored once)
-    lr: float = setting(gt=0)
-    weight_decay: float = setting(ge=0)
-    center_coef: float = setting(ge=0)       # weight of the reward-centering term (r_c + r_r)²
-    use_margin: bool                          # subtract a pair's `margin` inside the sigmoid
-    val_fraction: float = setting(ge=0, lt=1)
-    max_len: int = setting(ge=8)
 
 
 def backbone(ctx: StageContext, s: RewardModelSettings):
@@ -58,10 +44,19 @@ def gold_accuracy(score, sets: list[tuple[str, list[str]]]) -> tuple[float, int]
     return (mean(hits) if hits else float("nan")), len(hits)
 
 
+def heldout_set(obj: dict, problems: list[str]) -> dict:
+    """A line of heldout.jsonl: {"prompt": str, "completions": [str, ...]}."""
+    if not isinstance(obj.get("prompt"), str):
+        problems.append("field 'prompt': expected a string")
+    if not (isinstance(obj.get("completions"), list) and all(isinstance(c, str) for c in obj["completions"])):
+        problems.append("field 'completions': expected a list of strings")
+    return obj
+
+
 def heldout_sets(ctx: StageContext) -> list[tuple[str, list[str]]]:
     """Held-out completion sets: the collect stage's (the policy's own text), else the world's."""
     if "heldout" in ctx.outputs:
-        return [(r["prompt"], r["completions"]) for r in read_jsonl(ctx.outputs["heldout"])]
+        return [(r["prompt"], r["completions"]) for r in read_jsonl(ctx.outputs["heldout"], heldout_set)]
     world = ctx.built["data"].world()
     rng = random.Random(f"heldout-{ctx.cfg.seed}")
     return [(p, [c.text for c in world.completion_set(p, 4, rng)]) for p in world.heldout_prompts for _ in range(4)]
@@ -70,16 +65,16 @@ def heldout_sets(ctx: StageContext) -> list[tuple[str, list[str]]]:
 def run(ctx: StageContext) -> None:
     s: RewardModelSettings = ctx.built["reward_model"]
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
-    rows = list(read_jsonl(ctx.input_path(s.pairs, "pairs", "reward_model.pairs")))
+    rows = load_pairs(ctx.input_path(s.pairs, "pairs", "reward_model.pairs"))
     tokenizer, model = backbone(ctx, s)
     dm = RowsDataModule(comparison_groups(rows), pair_collate(tokenizer, s.max_len), s.batch_size,
                         s.val_fraction, ctx.cfg.seed)
-    module = RewardModule(model, s.lr, s.weight_decay, s.center_coef, s.use_margin)
-    trainer = ctx.trainer("reward", max_epochs=s.epochs)
+    module = RewardModule(model, s)
+    trainer = ctx.trainer("reward_model", max_epochs=s.epochs)
     trainer.fit(module, datamodule=dm)
 
     score = partial(reward_scores, model, tokenizer, batch_size=64, max_len=s.max_len)
-    reference = sorted({(r["prompt"], c) for r in rows for c in (r["chosen"], r["rejected"])})
+    reference = sorted({(p.prompt, c) for p in rows for c in (p.chosen, p.rejected)})
     ref_scores = score(*map(list, zip(*reference))).tolist()
     model.config.reward_mean, model.config.reward_std = mean(ref_scores), pstdev(ref_scores)
     ctx.save_pretrained("reward_model", "reward_model", model, tokenizer)

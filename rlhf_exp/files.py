@@ -1,0 +1,91 @@
+"""JSON and JSONL files: written atomically (a reader, or a crash, never sees half a file) and
+read with every bad line named (`FileError`)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from rlhf_exp.errors import UserError
+
+
+class FileError(UserError):
+    """A bad input file; `problems` holds one sentence per bad line or field."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source, self.problems = str(source), problems
+        shown = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} bad line(s); nothing was written\n{shown}")
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically: to a temporary name beside it, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """One JSON object per line, atomically."""
+    return write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def json_objects(lines: Iterable[str], problems: list[str]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each JSON object line; blank lines skipped, bad ones added to `problems`."""
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            problems.append(f"line {lineno}: bad JSON ({err.msg} at column {err.colno})")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
+            continue
+        yield lineno, obj
+
+
+def read_jsonl(path: str | os.PathLike, parse: Callable[[dict, list[str]], object]) -> list:
+    """Every line of a JSONL file through `parse(obj, problems)`, which returns a record or adds
+    sentences to `problems`; raises one FileError naming every bad line, or that the file is
+    missing or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileError(str(path), [f"no such file (resolved to {path.resolve()})"])
+    records, problems = [], []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, obj in json_objects(fh, problems):
+            line_problems: list[str] = []
+            record = parse(obj, line_problems)
+            problems += [f"line {lineno}: {p}" for p in line_problems]
+            if not line_problems:
+                records.append(record)
+    if problems:
+        raise FileError(str(path), problems)
+    if not records:
+        raise FileError(str(path), ["no records: the file is empty"])
+    return records
+
+
+def check_str(obj: dict, key: str, problems: list[str]) -> None:
+    if key not in obj:
+        problems.append(f"field '{key}': missing (expected a string)")
+    elif not isinstance(obj[key], str):
+        problems.append(f"field '{key}': expected a string, got {type(obj[key]).__name__}")
+
+
+def string_fields(*keys: str) -> Callable[[dict, list[str]], dict]:
+    """A parser for `read_jsonl`: objects with these string fields (prompts, demonstrations, held-out sets)."""
+    def parse(obj: dict, problems: list[str]) -> dict:
+        for key in keys:
+            check_str(obj, key, problems)
+        return obj
+    return parse

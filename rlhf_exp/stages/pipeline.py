@@ -1,0 +1,105 @@
+"""The pipeline: check the whole config, then run the requested stage, or every stage in order
+(skipping those whose outputs an earlier run left, `reuse=DIR`), each in its own tracked run."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pydantic
+from omegaconf import DictConfig, OmegaConf
+from pydantic import Field
+
+from rlhf_exp.config import collect, schema
+from rlhf_exp.stages import align, collect as collect_stage, eval as eval_stage, prepare, reward_model, sft
+from rlhf_exp.stages.context import StageContext
+from rlhf_exp.stages.tracked import Tracking
+
+STAGES = {"sft": sft.run, "collect": collect_stage.run, "prepare": prepare.run,
+          "reward_model": reward_model.run, "align": align.run, "eval": eval_stage.run}  # in pipeline order
+
+# what an earlier pipeline run left that a later one can take as it is (`reuse=DIR`):
+# output name -> path in that run's directory, and the stage that writes it
+REUSABLE = {"policy": ("sft", "sft"), "feedback": ("feedback.jsonl", "collect"),
+            "heldout": ("heldout.jsonl", "collect"), "pairs": ("pairs.jsonl", "prepare"),
+            "reward_model": ("reward_model", "reward_model")}
+PLAIN_NODES = ("paths",)  # nodes of plain values, interpolated elsewhere; they build nothing
+
+
+@schema
+class RunSettings:
+    """The top-level keys (conf/config.yaml)."""
+    stage: Literal["pipeline", "sft", "collect", "prepare", "reward_model", "align", "eval"]
+    seed: Annotated[int, Field(ge=0)]
+    experiment_name: str
+    reuse: str | None            # an earlier pipeline run dir whose stage outputs are taken as they are
+    metric: str                  # the metric a sweep optimises (returned to Hydra's sweeper)
+
+    @pydantic.model_validator(mode="after")
+    def _reusable(self):
+        if self.reuse and not any((Path(self.reuse) / path).exists() for path, _ in REUSABLE.values()):
+            raise ValueError(f"reuse = {self.reuse!r}: expected an earlier pipeline run directory (with "
+                             + ", ".join(path for path, _ in REUSABLE.values()) + ")")
+        return self
+
+
+def reused_outputs(run_dir: str) -> dict[str, Path]:
+    """The outputs an earlier run left in run_dir, by name (see REUSABLE)."""
+    return {name: Path(run_dir) / path for name, (path, _) in REUSABLE.items() if (Path(run_dir) / path).exists()}
+
+
+def stages_to_run(reused: dict[str, Path]) -> list[str]:
+    """The pipeline's stages, less those whose every output is reused."""
+    writes = {stage: [n for n, (_, s) in REUSABLE.items() if s == stage] for stage in STAGES}
+    return [s for s in STAGES if not writes[s] or not all(n in reused for n in writes[s])]
+
+
+def validate_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict:
+    """Build every node of the config; raise one ConfigError that lists every problem."""
+    choices = choices or {}
+    scalars = {k: cfg[k] for k in cfg if not OmegaConf.is_dict(cfg[k])}
+    nodes = {"": OmegaConf.create({"_target_": f"{__name__}.RunSettings", **scalars}),  # the top level
+             **{k: cfg[k] for k in cfg if OmegaConf.is_dict(cfg[k]) and k not in PLAIN_NODES}}
+    sources = {name: f"conf/{name}/{choices[name]}.yaml" for name in nodes if choices.get(name)}
+    built = collect(nodes, sources)
+    built["run"] = built.pop("")
+    return built
+
+
+def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> float | None:
+    """Validate, then run the requested stage(s) with tracking; return the value of `metric` from
+    the pipeline's evaluation, if there was one. Raises UserError on bad input."""
+    built = validate_config(cfg, choices)
+    stage = built["run"].stage
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    outputs: dict[str, Path] = {}  # files of the stages run so far, passed on to the next
+    tags = {"algorithm": choices.get("algorithm") or type(built["algorithm"]).__name__, "seed": cfg.seed,
+            **sweep_tags}
+    if cfg.reuse and stage == "pipeline":
+        outputs.update(reused_outputs(cfg.reuse))
+        tags["reused_from"] = str(Path(cfg.reuse).resolve())
+    tracking = Tracking(built["logger"], cfg, tags)
+
+    def run_stage(name: str, parent=None) -> None:
+        with tracking.run(name, parent) as run:
+            t0 = time.perf_counter()
+            STAGES[name](StageContext(cfg, built, run_dir, run, outputs))
+            seconds = time.perf_counter() - t0
+            run.log_metrics({f"{name}/perf/seconds": seconds})
+            print(f"[{name}] done in {seconds:.1f} s; outputs in {run_dir}")
+
+    if stage != "pipeline":
+        run_stage(stage)
+        return None
+    with tracking.run("pipeline") as parent:
+        for name in stages_to_run(outputs):
+            run_stage(name, parent)
+        if "eval_summary" not in outputs:
+            return None
+        summary = json.loads(outputs["eval_summary"].read_text(encoding="utf-8"))
+        parent.log_metrics({k: v for k, v in summary.items() if k.startswith("eval/")})
+    print(f"\n== before (reference) and after (aligned), {summary['prompts']} held-out prompts ==\n"
+          f"{eval_stage.summary_table(summary)}\noutputs: {run_dir}")
+    return summary.get(cfg.metric)

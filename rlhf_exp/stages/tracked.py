@@ -1,0 +1,38 @@
+"""Each stage in its own tracked run: the run's tags, every setting as a param, and the composed
+config as an artifact."""
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlhf_exp.config import flatten
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Tracking:
+    """Opens the tracked runs of one invocation, all with the same tags, params and config."""
+
+    def __init__(self, tracker, cfg: DictConfig, tags: dict):
+        self.tracker, self.tags = tracker, dict(tags)
+        self.params = flatten(OmegaConf.to_container(cfg, resolve=True))
+        self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        if commit := git_commit():
+            self.tags.update({"git_commit": commit, "mlflow.source.git.commit": commit})
+
+    @contextlib.contextmanager
+    def run(self, name: str, parent=None):
+        with self.tracker.run(name, tags={**self.tags, "stage": name}, parent=parent) as run:
+            run.log_params(self.params)
+            run.log_text(self.config_yaml, "config.yaml")
+            yield run

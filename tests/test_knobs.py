@@ -1,0 +1,196 @@
+"""Every knob reaches the math: each setting gets a distinct value (none equal to another's or to its
+default) and the test asserts that exactly that value arrives at the core function that uses it.
+The core functions are wrapped by spies in the namespace of the module that calls them, so a module
+that passed `value_clip_eps` as the policy clip, swapped γ and λ, or ignored a coefficient fails."""
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import rlhf_exp.modules.dpo as dpo_module
+import rlhf_exp.modules.ppo as ppo_module
+import rlhf_exp.modules.reward as reward_module
+from rlhf_exp.core.kl import kl_k1, kl_k3
+from rlhf_exp.feedback.formats import Pair
+from rlhf_exp.feedback.world import World
+from rlhf_exp.models.value import ActorCritic
+from rlhf_exp.modules.data import PromptDataModule, RowsDataModule, comparison_groups, encode_pairs, pair_collate
+from rlhf_exp.modules.data import pair_rows_collate
+from tests.conftest import settings
+
+PROMPTS = World(0, 0.2).train_prompts[:8]
+
+
+class Spy:
+    """Wraps a function, records the arguments of every call by parameter name, calls it."""
+
+    def __init__(self, fn):
+        import inspect
+        self.fn, self.sig, self.calls = fn, inspect.signature(fn), []
+
+    def __call__(self, *args, **kwargs):
+        bound = self.sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        self.calls.append(dict(bound.arguments))
+        return self.fn(*args, **kwargs)
+
+    def values(self, name):
+        return [c[name] for c in self.calls]
+
+
+def spy(monkeypatch, module, name) -> Spy:
+    s = Spy(getattr(module, name))
+    monkeypatch.setattr(module, name, s)
+    return s
+
+
+def trainer(**kw):
+    return pl.Trainer(**{"max_epochs": -1, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                         "enable_model_summary": False, "accelerator": "cpu", **kw})
+
+
+class ConstantReward:
+    def score(self, prompts, completions):
+        return torch.full((len(prompts),), 5.0)
+
+
+# -- PPO -----------------------------------------------------------------------------------------
+
+PPO_KNOBS = dict(clip_eps=0.17, value_clip_eps=0.33, vf_coef=0.29, ent_coef=0.013, kl_coef=0.071, gamma=0.97,
+                 lam=0.83, temperature=0.9, max_new_tokens=7, lr=3.1e-4, max_grad_norm=0.77, ppo_epochs=3,
+                 minibatches=2, batch_size=6, missing_eos_penalty=-2.5, kl_estimator="k3", kl_controller="fixed",
+                 whiten_rewards=True, whiten_advantages=False, max_steps=1, sample_every=1, n_samples=3)
+
+
+def run_ppo(tiny, monkeypatch, **overrides):
+    spec, tok = tiny
+    s = settings("algorithm", "ppo", **{**PPO_KNOBS, **overrides})
+    spies = {name: spy(monkeypatch, ppo_module, name) for name in
+             ("policy_loss", "value_loss", "total_loss", "shape_rewards", "gae", "masked_whiten", "clip_grad_norm",
+              "generate", "rollout_logprobs")}
+    kl = {k: Spy(f) for k, f in (("k1", kl_k1), ("k3", kl_k3))}
+    monkeypatch.setattr(ppo_module, "KL_ESTIMATORS", kl)
+    torch.manual_seed(0)
+    lm = spec.causal_lm(tok)
+    module = ppo_module.PPOModule(ActorCritic(lm), copy.deepcopy(lm), tok, ConstantReward(), s)
+    trainer().fit(module, datamodule=PromptDataModule(PROMPTS, tok, s.batch_size, seed=0))
+    return module, spies, kl
+
+
+def test_every_ppo_knob_reaches_the_math(tiny, monkeypatch):
+    module, spies, kl = run_ppo(tiny, monkeypatch)
+    k = PPO_KNOBS
+    n_updates = k["ppo_epochs"] * k["minibatches"]
+    assert spies["policy_loss"].values("clip_eps") == [k["clip_eps"]] * n_updates
+    assert spies["value_loss"].values("clip_eps") == [k["value_clip_eps"]] * n_updates
+    assert spies["total_loss"].values("vf_coef") == [k["vf_coef"]] * n_updates
+    assert spies["total_loss"].values("ent_coef") == [k["ent_coef"]] * n_updates
+    assert spies["clip_grad_norm"].values("max_norm") == [k["max_grad_norm"]] * n_updates
+    assert [len(m) for m in spies["policy_loss"].values("logp")] == [3, 3] * k["ppo_epochs"]  # B / minibatches rows
+    assert spies["shape_rewards"].values("kl_coef") == [k["kl_coef"]]
+    assert (spies["gae"].values("gamma"), spies["gae"].values("lam")) == ([k["gamma"]], [k["lam"]])
+    # whiten_rewards on (scale only), whiten_advantages off: one whitening, of the rewards
+    assert spies["masked_whiten"].values("shift_mean") == [False]
+    assert spies["gae"].calls[0]["rewards"] is not spies["shape_rewards"].calls[0]["kl"]
+    # the k3 estimator, on the rollout's own and the reference's log-probs
+    assert len(kl["k3"].calls) == 1 and not kl["k1"].calls
+    gen = spies["generate"].calls[0]
+    assert (gen["temperature"], gen["max_new_tokens"], len(gen["prompt_ids"])) == (0.9, 7, k["batch_size"])
+    assert spies["rollout_logprobs"].values("temperature") == [0.9]
+    scores = spies["shape_rewards"].calls[0]["scores"]
+    assert set(scores.tolist()) <= {5.0, -2.5} and -2.5 in scores.tolist()  # no EOS within 7 tokens: the penalty
+    opt = module.optimizers().optimizer
+    assert opt.param_groups[0]["lr"] == k["lr"] and opt.param_groups[0]["eps"] == 1e-5
+    assert len(module.samples) == k["n_samples"]
+
+
+def test_ppo_switches_reach_the_math(tiny, monkeypatch):
+    module, spies, kl = run_ppo(tiny, monkeypatch, whiten_rewards=False, whiten_advantages=True, kl_estimator="k1",
+                                missing_eos_penalty=None, kl_controller="adaptive", kl_target=2.5, kl_horizon=77,
+                                target_kl=1e-9)
+    assert spies["masked_whiten"].values("shift_mean") == [True]            # the advantages, mean and scale
+    assert len(kl["k1"].calls) == 1 and not kl["k3"].calls
+    assert spies["shape_rewards"].calls[0]["scores"].tolist() == [5.0] * 6  # no penalty: every score kept
+    ctl = module.kl_ctl
+    assert isinstance(ctl, ppo_module.AdaptiveKLController) and (ctl.target, ctl.horizon) == (2.5, 77)
+    # the first minibatch has KL 0 to the rollout policy, the second has moved past 1e-9: stop there
+    assert len(spies["policy_loss"].calls) == 2
+
+
+# -- DPO -----------------------------------------------------------------------------------------
+
+PAIRS = [Pair(f"How do I {v} a {t}?", f"Carefully {v} the {t}.", f"You are wrong about the {t}.")
+         for v in ("fix", "clean") for t in ("bike", "door", "lamp")]
+
+
+@pytest.mark.parametrize("loss_type,label_smoothing", [("ipo", 0.0), ("sigmoid", 0.11), ("hinge", 0.0)])
+def test_every_dpo_knob_reaches_the_math(tiny, monkeypatch, loss_type, label_smoothing):
+    spec, tok = tiny
+    s = settings("algorithm", "dpo", beta=0.37, loss_type=loss_type, label_smoothing=label_smoothing, lr=2.3e-4,
+                 warmup_steps=7, batch_size=3, val_fraction=0.0)
+    loss = spy(monkeypatch, dpo_module, "dpo_loss")
+    lm = spec.causal_lm(tok)
+    rows, collate = encode_pairs(tok, PAIRS, s.max_len), pair_rows_collate(tok.pad_token_id)
+    dpo_module.cache_reference_logps(lm, rows, collate)
+    module = dpo_module.DPOModule(lm, s)
+    trainer(max_steps=1, limit_val_batches=0).fit(module, datamodule=RowsDataModule(rows, collate, s.batch_size, 0.0, 0))
+    call = loss.calls[0]
+    assert (call["beta"], call["loss_type"], call["label_smoothing"]) == (0.37, loss_type, label_smoothing)
+    assert len(call["policy_chosen_logps"]) == 3
+    opt = module.optimizers().optimizer
+    assert opt.param_groups[0]["initial_lr"] == 2.3e-4
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.3e-4 * 2 / 7)  # warm-up: step 2 of 7 after one step
+
+
+# -- reward model --------------------------------------------------------------------------------
+
+def reward_batch(tok):
+    pairs = [Pair("p", "a", "b", margin=0.4, set_id=0), Pair("p", "a", "c", margin=1.3, set_id=0),
+             Pair("q", "d", "e", set_id=1)]
+    return pair_collate(tok, 32)(comparison_groups(pairs))
+
+
+@pytest.mark.parametrize("use_margin", [True, False])
+def test_every_reward_model_knob_reaches_the_math(tiny, monkeypatch, use_margin):
+    spec, tok = tiny
+    s = settings("reward_model", center_coef=0.25, use_margin=use_margin, lr=4.2e-4, weight_decay=0.031)
+    pairwise = spy(monkeypatch, reward_module, "pairwise_loss")
+    centering = spy(monkeypatch, reward_module, "centering_loss")
+    torch.manual_seed(0)
+    module = reward_module.RewardModule(spec.sequence_classifier(tok), s)
+    loss, _, chosen, rejected = module._step(reward_batch(tok))
+    margin = pairwise.calls[0]["margin"]
+    assert margin.tolist() == pytest.approx([0.4, 1.3, 0.0]) if use_margin else margin is None
+    assert len(centering.calls) == 1
+    expected = reward_module.pairwise_loss(chosen, rejected, margin)[0] \
+        + 0.25 * reward_module.centering_loss(chosen, rejected)
+    torch.testing.assert_close(loss, expected)
+    module.trainer = type("T", (), {"estimated_stepping_batches": 10})()
+    opt = module.configure_optimizers()["optimizer"]
+    assert (opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]) == (4.2e-4, 0.031)
+
+
+def test_reward_model_without_centering_adds_nothing(tiny, monkeypatch):
+    spec, tok = tiny
+    centering = spy(monkeypatch, reward_module, "centering_loss")
+    module = reward_module.RewardModule(spec.sequence_classifier(tok), settings("reward_model", center_coef=0.0))
+    module._step(reward_batch(tok))
+    assert centering.calls == []
+
+
+# -- SFT -----------------------------------------------------------------------------------------
+
+def test_every_sft_knob_reaches_the_optimizer_and_the_sampler(tiny, monkeypatch):
+    import rlhf_exp.modules.sft as sft_module
+    spec, tok = tiny
+    s = settings("sft", lr=1.7e-3, weight_decay=0.021, warmup_steps=9, sample_max_new_tokens=5)
+    module = sft_module.SFTModule(spec.causal_lm(tok), tok, s, ["Hello"])
+    config = module.configure_optimizers()
+    opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert (opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]) == (pytest.approx(1.7e-3 / 9), 0.021)
+    assert sched.base_lrs == [1.7e-3]
+    sample = spy(monkeypatch, sft_module, "sample")
+    module.trainer = type("T", (), {"sanity_checking": False, "current_epoch": 0})()
+    module.on_validation_epoch_end()
+    assert sample.calls[0]["max_new_tokens"] == 5 and sample.calls[0]["temperature"] == 0.0
