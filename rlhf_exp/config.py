@@ -44,14 +44,14 @@ def build(node: DictConfig, **kwargs) -> Any:
 
 # -- turning pydantic's errors into sentences ----------------------------------------------------
 
+_SYMBOLS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("multiple_of", "a multiple of"))
+
+
 def _bounds(cls, name: str) -> list[str]:
+    """Every declared bound of a field (`>= 0 and <= 1`), not only the one that failed."""
     field = cls.__pydantic_fields__.get(name)
-    out = []
-    for m in getattr(field, "metadata", []):
-        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("multiple_of", "a multiple of")):
-            if getattr(m, attr, None) is not None:
-                out.append(f"{sym} {getattr(m, attr)}")
-    return out
+    return [f"{sym} {getattr(m, attr)}" for m in getattr(field, "metadata", []) for attr, sym in _SYMBOLS
+            if getattr(m, attr, None) is not None]
 
 
 def _choices(cls, name: str) -> list | None:
@@ -91,9 +91,12 @@ def _sentence(cls, err: dict, where: str) -> str:
     if kind == "literal_error":
         return f"{name} = {value!r}: expected one of {', '.join(map(repr, _choices(cls, loc) or []))}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"):
-        if isinstance(value, int) and cls.__pydantic_fields__[loc].annotation in (float, float | None):
+        field = cls.__pydantic_fields__.get(loc)
+        if isinstance(value, int) and float in (getattr(field, "annotation", None), *typing.get_args(
+                getattr(field, "annotation", None))):
             value = float(value)
-        return f"{name} = {value!r}: expected a value {' and '.join(_bounds(cls, loc))}"
+        bounds = _bounds(cls, loc) or [f"{sym} {err['ctx'][k]}" for k, sym in _SYMBOLS if k in err.get("ctx", {})]
+        return f"{name} = {value!r}: expected a value {' and '.join(bounds)}"
     wanted = next((w for t, w in TYPE_WORDS.items() if kind.startswith(t)), None)
     if wanted:
         return f"{name} = {value!r}: expected {wanted}"

@@ -48,7 +48,7 @@ def tiny_spec(tmp_path_factory):
     `tiny_spec(dropout=0.0)` for a variant with the same tokenizer."""
     from rlhf_exp.models.factory import TinyGPT2
     tokenizer_dir = str(tmp_path_factory.mktemp("tok"))
-    return lambda **overrides: TinyGPT2(**{**TINY, **overrides, "tokenizer_dir": tokenizer_dir})
+    return lambda **overrides: TinyGPT2(**{**TINY, "tokenizer_dir": tokenizer_dir, **overrides})
 
 
 @pytest.fixture(scope="session")

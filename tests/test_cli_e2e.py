@@ -117,11 +117,9 @@ def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path):
     assert "aligned" in proc.stdout and (tmp_path / "outputs/more/eval_summary.json").is_file()
 
 
-def test_stages_alone_with_human_labelers(cli, tmp_path):
-    """collect for people (LABELING.md, empty rankings) -> filled by hand -> prepare -> reward."""
-    from rlhf_exp.models.factory import TinyGPT2
-    spec = TinyGPT2(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=2048, dropout=0.0, dtype="float32",
-                    tokenizer_dir=str(tmp_path / "tok"))
+def test_stages_alone_with_human_labelers(cli, tmp_path, tiny_spec):
+    """collect for people (LABELING.md, empty rankings) -> filled by hand -> prepare -> reward_model."""
+    spec = tiny_spec(vocab_size=2048, dropout=0.0, tokenizer_dir=str(tmp_path / "tok"))
     tok = spec.tokenizer()
     spec.causal_lm(tok).save_pretrained(tmp_path / "policy")
     tok.save_pretrained(tmp_path / "policy")
@@ -129,7 +127,7 @@ def test_stages_alone_with_human_labelers(cli, tmp_path):
     missing = cli("stage=collect", check=False)
     assert missing.returncode == 2 and "collect.policy: no input given" in missing.stderr
 
-    cli("stage=collect", "experiment=smoke", "collect.policy=policy", "collect.labelers=human",
+    cli("stage=collect", "experiment=smoke", "collect.policy=policy", "collect=human",
         "hydra.run.dir=outputs/collect")
     sets = read_jsonl(tmp_path / "outputs/collect/feedback.jsonl")
     assert sets and all(r["rankings"] == {} for r in sets)

@@ -89,9 +89,14 @@ def test_every_setting_has_a_comment_giving_its_meaning(path):
 
 
 def test_bad_ppo_settings_are_refused_when_the_config_is_composed():
-    cfg = compose("algorithm.clip_eps=0", "algorithm.kl_estimator=k2", "algorithm.minibatches=64")
+    cfg = compose("algorithm.clip_eps=0", "algorithm.kl_estimator=k2", "algorithm.target_kl=-1",
+                  "algorithm.batch_size=1.5")
     with pytest.raises(ConfigError) as err:
         validate_config(cfg, {"algorithm": "ppo"})
     msg = str(err.value)
     assert "(conf/algorithm/ppo.yaml)" in msg and "algorithm.clip_eps = 0.0: expected a value > 0" in msg
     assert "algorithm.kl_estimator = 'k2': expected one of 'k1', 'k3'" in msg
+    assert "algorithm.target_kl = -1: expected a value > 0" in msg  # a bound inside an optional type
+    assert "algorithm.batch_size = 1.5: expected an integer" in msg
+    with pytest.raises(ConfigError, match="algorithm.minibatches = 64: expected at most batch_size"):
+        validate_config(compose("algorithm.minibatches=64"))  # a check across fields, once each field is valid

@@ -194,3 +194,50 @@ def test_every_sft_knob_reaches_the_optimizer_and_the_sampler(tiny, monkeypatch)
     module.trainer = type("T", (), {"sanity_checking": False, "current_epoch": 0})()
     module.on_validation_epoch_end()
     assert sample.calls[0]["max_new_tokens"] == 5 and sample.calls[0]["temperature"] == 0.0
+
+
+# -- collect and eval: the sampler's settings ----------------------------------------------------
+
+def stage_context(tmp_path, *overrides):
+    from rlhf_exp.stages.context import StageContext
+    from rlhf_exp.stages.pipeline import validate_config
+    from rlhf_exp.tracking.tracker import NullRun
+    from tests.conftest import compose
+    cfg = compose("logger=none", "experiment=smoke", *overrides)
+    return StageContext(cfg, validate_config(cfg), tmp_path, NullRun())
+
+
+@pytest.fixture
+def policy_dir(tiny, tmp_path):
+    spec, tok = tiny
+    torch.manual_seed(0)
+    spec.causal_lm(tok).save_pretrained(tmp_path / "policy")
+    tok.save_pretrained(tmp_path / "policy")
+    return tmp_path / "policy"
+
+
+def test_collect_settings_reach_the_sampler(tmp_path, policy_dir, monkeypatch):
+    import rlhf_exp.stages.collect as collect
+    sample = spy(monkeypatch, collect, "sample")
+    ctx = stage_context(tmp_path, f"collect.policy={policy_dir}", "collect.temperature=0.7", "collect.top_p=0.85",
+                        "collect.max_new_tokens=5", "collect.batch_size=13", "data.n_completions=3",
+                        "collect.sets_per_prompt=2", "collect.heldout_sets=1")
+    collect.run(ctx)
+    train, held = sample.calls
+    for call in (train, held):
+        assert (call["temperature"], call["top_p"], call["max_new_tokens"], call["batch_size"], call["n"]) == \
+            (0.7, 0.85, 5, 13, 3)
+    data = ctx.built["data"]
+    assert len(train["prompts"]) == 2 * len(data.train_prompts()) and len(held["prompts"]) == len(data.heldout_prompts())
+
+
+def test_eval_settings_reach_the_sampler(tmp_path, policy_dir, monkeypatch):
+    import rlhf_exp.stages.eval as eval_stage
+    gen = spy(monkeypatch, eval_stage, "generate")
+    ctx = stage_context(tmp_path, f"eval.policy={policy_dir}", f"eval.reference={policy_dir}", "reward=gold",
+                        "eval.temperature=0.6", "eval.max_new_tokens=4", "eval.batch_size=5",
+                        "eval.samples_per_prompt=2")
+    eval_stage.run(ctx)
+    n_rows = 2 * 2 * len(ctx.built["data"].heldout_prompts())         # two policies × 2 samples per prompt
+    assert {(c["temperature"], c["max_new_tokens"]) for c in gen.calls} == {(0.6, 4)}
+    assert sum(len(c["prompt_ids"]) for c in gen.calls) == n_rows and max(len(c["prompt_ids"]) for c in gen.calls) == 5

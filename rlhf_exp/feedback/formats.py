@@ -190,6 +190,19 @@ def load_pairs(path: str | os.PathLike) -> list[Pair]:
     return read_jsonl(path, _parse_pairwise)
 
 
+def _parse_heldout(obj: dict, problems: list[str]) -> tuple[str, list[str]]:
+    check_str(obj, "prompt", problems)
+    comps = obj.get("completions")
+    if not (isinstance(comps, list) and all(isinstance(c, str) for c in comps)):
+        problems.append("field 'completions': expected a list of strings")
+    return obj.get("prompt"), comps
+
+
+def load_heldout(path: str | os.PathLike) -> list[tuple[str, list[str]]]:
+    """Held-out completion sets as collect writes them ({"prompt", "completions"} per line), checked."""
+    return read_jsonl(path, _parse_heldout)
+
+
 def _open(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():

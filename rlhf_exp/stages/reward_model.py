@@ -10,8 +10,7 @@ from statistics import mean, pstdev
 
 import pytorch_lightning as pl
 
-from rlhf_exp.feedback.formats import load_pairs
-from rlhf_exp.files import read_jsonl
+from rlhf_exp.feedback.formats import load_heldout, load_pairs
 from rlhf_exp.models.reward import reward_scores
 from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate
 from rlhf_exp.modules.reward import RewardModelSettings, RewardModule
@@ -44,19 +43,10 @@ def gold_accuracy(score, sets: list[tuple[str, list[str]]]) -> tuple[float, int]
     return (mean(hits) if hits else float("nan")), len(hits)
 
 
-def heldout_set(obj: dict, problems: list[str]) -> dict:
-    """A line of heldout.jsonl: {"prompt": str, "completions": [str, ...]}."""
-    if not isinstance(obj.get("prompt"), str):
-        problems.append("field 'prompt': expected a string")
-    if not (isinstance(obj.get("completions"), list) and all(isinstance(c, str) for c in obj["completions"])):
-        problems.append("field 'completions': expected a list of strings")
-    return obj
-
-
 def heldout_sets(ctx: StageContext) -> list[tuple[str, list[str]]]:
     """Held-out completion sets: the collect stage's (the policy's own text), else the world's."""
     if "heldout" in ctx.outputs:
-        return [(r["prompt"], r["completions"]) for r in read_jsonl(ctx.outputs["heldout"], heldout_set)]
+        return load_heldout(ctx.outputs["heldout"])
     world = ctx.built["data"].world()
     rng = random.Random(f"heldout-{ctx.cfg.seed}")
     return [(p, [c.text for c in world.completion_set(p, 4, rng)]) for p in world.heldout_prompts for _ in range(4)]
