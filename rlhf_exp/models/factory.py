@@ -112,12 +112,11 @@ class HFModel:
         return init_reward_head(self._load(AutoModelForSequenceClassification, tokenizer or self.tokenizer(),
                                            num_labels=1))
 
-    def classifier(self):
-        """(tokenizer, the sequence classifier saved here, head and labels as they are): a reward
-        model written by stage=reward_model, or any classifier (e.g. hate speech)."""
+    def classifier(self, tokenizer=None):
+        """The sequence classifier saved here, head and labels as they are: a reward model written
+        by stage=reward_model, or any classifier (e.g. hate speech)."""
         from transformers import AutoModelForSequenceClassification
-        tokenizer = self.tokenizer()
-        return tokenizer, self._load(AutoModelForSequenceClassification, tokenizer)
+        return self._load(AutoModelForSequenceClassification, tokenizer or self.tokenizer())
 
     def from_dir(self, path) -> "HFModel":
         """Another directory (a stage's output), loaded with this group's settings."""

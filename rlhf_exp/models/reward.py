@@ -37,8 +37,8 @@ class _Loads:
         from rlhf_exp.models.factory import HFModel
         spec = self.models.from_dir(path) if self.models is not None else \
             HFModel(name_or_path=path, dtype="float32", trust_remote_code=False)
-        tokenizer, model = spec.classifier()
-        return model, tokenizer
+        tokenizer = spec.tokenizer()
+        return spec.classifier(tokenizer), tokenizer
 
     def to(self, device):
         """Move the classifier to the policy's device."""

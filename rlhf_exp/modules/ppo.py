@@ -200,7 +200,6 @@ class PPOModule(pl.LightningModule):
 
     # -- one iteration -------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        s = self.s
         t0 = time.perf_counter()
         exp, stats = self.experience(batch)
         t1 = time.perf_counter()

@@ -80,9 +80,9 @@ def run(ctx: StageContext) -> None:
     prompts = data.heldout_prompts() or data.train_prompts()
     policy_dir = ctx.input_path(s.policy, "aligned_policy", "eval.policy")
     ref_dir = ctx.input_path(s.reference, "policy", "eval.reference")
-    tokenizer = ctx.model_spec(str(policy_dir)).tokenizer()
-    policy = ctx.model_spec(str(policy_dir)).causal_lm(tokenizer)
-    ref = ctx.model_spec(str(ref_dir)).causal_lm(tokenizer)
+    policy_spec, ref_spec = ctx.model_spec(str(policy_dir)), ctx.model_spec(str(ref_dir))
+    tokenizer = policy_spec.tokenizer()
+    policy, ref = policy_spec.causal_lm(tokenizer), ref_spec.causal_lm(tokenizer)
     flat_prompts = [p for p in prompts for _ in range(s.samples_per_prompt)]
     texts, kl = {"ref": [], "policy": []}, []
     for r in sample_rollouts(ref, tokenizer, flat_prompts, s):
