@@ -159,21 +159,6 @@ def collect(nodes: dict[str, DictConfig], sources: dict[str, str]) -> dict[str, 
     return built
 
 
-def flatten(tree, prefix: str = "") -> dict[str, object]:
-    """Nested dicts/lists -> {"a.b.c": leaf}; `_target_` keys are left out."""
-    out: dict[str, object] = {}
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
-    for key, value in items:
-        if key == "_target_":
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(value, (dict, list)) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def option(group: str, name: str, **overrides) -> Any:
     """conf/<group>/<name>.yaml built with `overrides`, checked as when the whole config is
     composed (for benchmarks and tests that need one node's settings without a run)."""

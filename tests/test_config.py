@@ -4,8 +4,9 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from rlhf_exp.config import ConfigError, flatten
+from rlhf_exp.config import ConfigError
 from rlhf_exp.stages.pipeline import validate_config
+from rlhf_exp.stages.tracked import flatten
 from tests.conftest import CONF, compose
 
 GROUPS = ["algorithm", "model", "reward", "data", "trainer", "logger", "paths", "experiment", "sft", "collect",

@@ -241,3 +241,24 @@ def test_eval_settings_reach_the_sampler(tmp_path, policy_dir, monkeypatch):
     n_rows = 2 * 2 * len(ctx.built["data"].heldout_prompts())         # two policies × 2 samples per prompt
     assert {(c["temperature"], c["max_new_tokens"]) for c in gen.calls} == {(0.6, 4)}
     assert sum(len(c["prompt_ids"]) for c in gen.calls) == n_rows and max(len(c["prompt_ids"]) for c in gen.calls) == 5
+
+
+# -- the model group: its dtype reaches every model a stage builds or loads ------------------------
+
+def test_model_dtype_reaches_every_load(tmp_path, policy_dir, monkeypatch):
+    from rlhf_exp.models.reward import LearnedReward
+    ctx = stage_context(tmp_path, "model.dtype=bfloat16")
+    spec = ctx.built["model"]
+    tok = spec.tokenizer()
+    assert spec.causal_lm(tok).dtype == torch.bfloat16 and spec.sequence_classifier(tok).dtype == torch.bfloat16
+    loaded = ctx.model_spec(str(policy_dir))                     # collect, align, eval: a saved directory
+    assert (loaded.dtype, loaded.name_or_path) == ("bfloat16", str(policy_dir))
+    assert loaded.causal_lm(loaded.tokenizer()).dtype == torch.bfloat16
+    assert ctx.model_spec(None, "policy") is spec                # no directory: the group itself
+    ctx.outputs["policy"] = policy_dir                           # an earlier stage's output
+    assert ctx.model_spec(None, "policy").dtype == "bfloat16"
+    tiny_rm = spec.sequence_classifier(tok)
+    tiny_rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    ctx.built["reward"] = LearnedReward(path=str(tmp_path / "rm"), normalize=False, batch_size=4, max_len=32)
+    assert ctx.reward_source().loaded[0].dtype == torch.bfloat16  # the reward model too

@@ -8,7 +8,20 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf_exp.config import flatten
+
+def flatten(tree, prefix: str = "") -> dict[str, object]:
+    """Nested dicts/lists -> {"a.b.c": leaf}; `_target_` keys are left out."""
+    out: dict[str, object] = {}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for key, value in items:
+        if key == "_target_":
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, (dict, list)) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
 
 
 def git_commit() -> str | None:
