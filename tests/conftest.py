@@ -39,16 +39,20 @@ def compose(*overrides):
                              return_hydra_config=False)
 
 
-TINY = dict(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=512, dropout=0.1, dtype="float32")
+TINY = dict(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=512, dropout=0.1)
 
 
 @pytest.fixture(scope="session")
 def tiny_spec(tmp_path_factory):
-    """The tiny GPT-2 of the unit tests (settings as `model=tiny`, smaller), its tokenizer trained once;
-    `tiny_spec(dropout=0.0)` for a variant with the same tokenizer."""
-    from rlhf_exp.models.factory import TinyGPT2
+    """The tiny GPT-2 of the unit tests: conf/model/tiny.yaml at smaller sizes, its tokenizer trained
+    once; `tiny_spec(dropout=0.0)` for a variant with the same tokenizer, `tiny_spec(llama=True)` for
+    the tiny Llama with a chat template."""
     tokenizer_dir = str(tmp_path_factory.mktemp("tok"))
-    return lambda **overrides: TinyGPT2(**{**TINY, "tokenizer_dir": tokenizer_dir, **overrides})
+
+    def spec(llama: bool = False, **overrides):
+        target = {"_target_": "rlhf_exp.models.factory.TinyLlama"} if llama else {}
+        return settings("model", "tiny", **{**TINY, "tokenizer_dir": tokenizer_dir, **target, **overrides})
+    return spec
 
 
 @pytest.fixture(scope="session")

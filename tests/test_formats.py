@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from rlhf_exp.feedback.formats import Pair, load_feedback, load_pairs, parse_lines
-from rlhf_exp.files import FileError, read_jsonl, string_fields, write_jsonl
+from rlhf_exp.feedback.formats import Pair, load_demonstrations, load_feedback, load_pairs, load_prompts, parse_lines
+from rlhf_exp.feedback.prompts import Conversation
+from rlhf_exp.files import FileError, write_jsonl
 
 
 def lines(*objs):
@@ -38,7 +39,7 @@ def test_bad_json_names_line_and_column():
 
 def test_missing_field():
     assert problems({"prompt": "p", "chosen": "a"}) == ["line 1: field 'rejected': missing (expected a string)"]
-    assert problems({"completions": ["a", "b"], "rankings": {}}) == ["line 1: field 'prompt': missing (expected a string)"]
+    assert problems({"completions": ["a", "b"], "rankings": {}}) == ["line 1: field 'prompt': missing (expected a string or a list of role/content turns)"]
 
 
 def test_ranking_of_the_wrong_length():
@@ -71,7 +72,7 @@ def test_binary_label_and_pairwise_margin_types():
 
 def test_wrong_types_and_too_few_completions():
     assert problems({"prompt": 3, "completions": ["a"], "rankings": {}}) == [
-        "line 1: field 'prompt': expected a string, got int",
+        "line 1: field 'prompt': expected a string or a list of {\"role\", \"content\"} turns (system, user, assistant) ending with a user turn, got 3",
         "line 1: field 'completions': expected a list of at least 2 strings"]
 
 
@@ -112,11 +113,11 @@ def test_prompt_and_demonstration_files_are_checked_line_by_line(tmp_path):
     path = tmp_path / "demos.jsonl"
     path.write_text('{"prompt": "p", "completion": "c"}\n{"prompt": "q"}\n[1]\n')
     with pytest.raises(FileError) as err:
-        read_jsonl(path, string_fields("prompt", "completion"))
+        load_demonstrations(path)
     assert err.value.problems == ["line 2: field 'completion': missing (expected a string)",
                                   "line 3: expected a JSON object, got list"]
     path.write_text('{"prompt": "p", "completion": "c"}\n')
-    assert read_jsonl(path, string_fields("prompt", "completion")) == [{"prompt": "p", "completion": "c"}]
+    assert load_demonstrations(path) == [{"prompt": "p", "completion": "c"}]
 
 
 def test_a_pairs_file_is_checked_line_by_line_with_its_optional_fields(tmp_path):
@@ -141,3 +142,34 @@ def test_a_pairs_file_is_checked_line_by_line_with_its_optional_fields(tmp_path)
     assert pair == Pair("p", "a", "b", margin=1, agreement=0.5, set_id=7, extra={"labeler": "x"})
     assert pair.to_json() == {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1, "agreement": 0.5,
                               "set_id": 7, "labeler": "x"}
+
+
+def test_a_prompt_may_be_a_conversation_and_is_written_back_as_it_was_read(tmp_path):
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "My house is too hot."}]
+    path = tmp_path / "fb.jsonl"
+    path.write_text(json.dumps({"prompt": turns, "completions": ["a", "b"], "rankings": {"x": [1, 2]}}) + "\n"
+                    + json.dumps({"prompt": "plain", "completions": ["a", "b"], "rankings": {"x": [2, 1]}}) + "\n")
+    records = load_feedback(path).records
+    assert records[0].prompt == Conversation.of(turns) and str(records[0].prompt) == "My house is too hot."
+    assert records[1].prompt == "plain"
+    out = write_jsonl(tmp_path / "out.jsonl", [{"prompt": r.prompt} for r in records])
+    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == [turns, "plain"]
+    assert len({r.prompt for r in records}) == 2  # hashable: prompts are keys of splits and sets
+
+
+def test_bad_conversations_are_named_line_by_line(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": [{"role": "user", "content": "ok"}]},
+        {"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {"prompt": [{"role": "wizard", "content": "x"}]},
+        {"prompt": []},
+        {"prompt": 3},
+    ]) + "\n")
+    with pytest.raises(FileError) as err:
+        load_prompts(path)
+    assert [p.split(":")[0] for p in err.value.problems] == ["line 2", "line 3", "line 4", "line 5"]
+    assert all("expected a string or a list of {\"role\", \"content\"} turns" in p for p in err.value.problems)
+    path.write_text(json.dumps({"prompt": [{"role": "user", "content": "ok"}]}) + "\n")
+    assert load_prompts(path) == [Conversation((("user", "ok"),))]

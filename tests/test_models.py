@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_exp.models.factory import HFModel
 from rlhf_exp.models.reward import GoldReward
+from tests.conftest import settings
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_save_pretrained_then_load_with_model_hf(tiny, tmp_path):
     _, tok, lm = tiny
     lm.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    spec = HFModel(name_or_path=str(tmp_path), dtype="float32", trust_remote_code=False)
+    spec = settings("model", "hf", name_or_path=str(tmp_path))
     tok2 = spec.tokenizer()
     lm2 = spec.causal_lm(tok2).eval()
     assert tok2.pad_token_id == tok.pad_token_id != tok2.eos_token_id
@@ -71,7 +71,7 @@ def test_model_hf_adds_a_pad_token_when_the_checkpoint_pads_with_eos(tiny, tmp_p
     t = AutoTokenizer.from_pretrained(tmp_path)
     t.pad_token = t.eos_token  # what many checkpoints ship with
     t.save_pretrained(tmp_path)
-    spec = HFModel(name_or_path=str(tmp_path), dtype="float32", trust_remote_code=False)
+    spec = settings("model", "hf", name_or_path=str(tmp_path))
     tok2 = spec.tokenizer()
     assert tok2.pad_token_id != tok2.eos_token_id
     lm2 = spec.causal_lm(tok2)

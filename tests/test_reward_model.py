@@ -9,7 +9,6 @@ from transformers import AutoModelForSequenceClassification
 
 from rlhf_exp.config import ConfigError
 from rlhf_exp.feedback.formats import Pair
-from rlhf_exp.models.factory import HFModel
 from rlhf_exp.models.generation import reward_text
 from rlhf_exp.models.reward import ClassifierReward, LearnedReward, reward_scores
 from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate
@@ -131,7 +130,7 @@ def minilm_dir() -> Path | None:
 def test_reward_model_on_a_real_pretrained_encoder_loaded_offline(monkeypatch):
     """all-MiniLM-L6-v2 (a BERT-family encoder) from the package's local directory."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    spec = HFModel(name_or_path=str(minilm_dir()), dtype="float32", trust_remote_code=False)
+    spec = settings("model", "hf", name_or_path=str(minilm_dir()))
     tok = spec.tokenizer()
     torch.manual_seed(0)
     model = spec.sequence_classifier(tok)

@@ -4,6 +4,8 @@
 - pairwise: {"prompt", "chosen", "rejected"} with an optional numeric "margin"
 - binary:   {"prompt", "completion", "label": 0 | 1}
 
+A prompt is a string or a conversation (a list of {"role", "content"} turns, the last the user's).
+
 `load_feedback` checks every line and raises one `FileError` naming every bad line; `load_pairs`
 reads a pairs file (what `prepare` writes, or one made by hand) with the same checks.
 """
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from rlhf_exp.feedback.prompts import Prompt, check_prompt
 from rlhf_exp.files import FileError, check_str, json_objects, read_jsonl
 
 FLAG = "F"  # a labeler's mark for a nonsensical, confusing or irrelevant completion
@@ -27,7 +30,7 @@ KIND_FIELDS = {  # kind -> the fields that identify it
 
 @dataclass
 class RankedSet:
-    prompt: str
+    prompt: Prompt
     completions: list[str]
     rankings: dict[str, list]  # labeler id -> rank of each completion (int >= 1) or FLAG
     set_id: int | None = None  # which comparison set this is (its pairs keep it)
@@ -36,7 +39,7 @@ class RankedSet:
 
 @dataclass
 class Pair:
-    prompt: str
+    prompt: Prompt
     chosen: str
     rejected: str
     margin: float | None = None     # how much better chosen is; subtracted inside the reward-model loss
@@ -52,7 +55,7 @@ class Pair:
 
 @dataclass
 class Binary:
-    prompt: str
+    prompt: Prompt
     completion: str
     label: int
 
@@ -87,7 +90,7 @@ def _optional(obj: dict, key: str, ok, expected: str, problems: list[str]):
 
 
 def _parse_ranked(obj: dict, problems: list[str]) -> RankedSet | None:
-    check_str(obj, "prompt", problems)
+    prompt = check_prompt(obj, problems)
     if "completions" not in obj or "rankings" not in obj:
         missing = [k for k in ("completions", "rankings") if k not in obj]
         problems += [f"field '{k}': missing" for k in missing]
@@ -115,11 +118,12 @@ def _parse_ranked(obj: dict, problems: list[str]) -> RankedSet | None:
     if problems:
         return None
     extra = {k: v for k, v in obj.items() if k not in KIND_FIELDS["ranked"] + ("set_id",)}
-    return RankedSet(obj["prompt"], list(comps), {str(k): list(v) for k, v in rankings.items()}, set_id, extra)
+    return RankedSet(prompt, list(comps), {str(k): list(v) for k, v in rankings.items()}, set_id, extra)
 
 
 def _parse_pairwise(obj: dict, problems: list[str]) -> Pair | None:
-    for key in KIND_FIELDS["pairwise"]:
+    prompt = check_prompt(obj, problems)
+    for key in ("chosen", "rejected"):
         check_str(obj, key, problems)
     margin = _optional(obj, "margin", _is_number, "a number", problems)
     agreement = _optional(obj, "agreement", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]",
@@ -128,11 +132,11 @@ def _parse_pairwise(obj: dict, problems: list[str]) -> Pair | None:
     if problems:
         return None
     extra = {k: v for k, v in obj.items() if k not in KIND_FIELDS["pairwise"] + ("margin", "agreement", "set_id")}
-    return Pair(obj["prompt"], obj["chosen"], obj["rejected"], margin, agreement, set_id, extra)
+    return Pair(prompt, obj["chosen"], obj["rejected"], margin, agreement, set_id, extra)
 
 
 def _parse_binary(obj: dict, problems: list[str]) -> Binary | None:
-    check_str(obj, "prompt", problems)
+    prompt = check_prompt(obj, problems)
     check_str(obj, "completion", problems)
     label = obj.get("label")
     if "label" not in obj:
@@ -141,7 +145,7 @@ def _parse_binary(obj: dict, problems: list[str]) -> Binary | None:
         problems.append(f"field 'label': expected 0 (thumbs down) or 1 (thumbs up), got {label!r}")
     if problems:
         return None
-    return Binary(obj["prompt"], obj["completion"], label)
+    return Binary(prompt, obj["completion"], label)
 
 
 PARSERS = {"ranked": _parse_ranked, "pairwise": _parse_pairwise, "binary": _parse_binary}
@@ -190,12 +194,32 @@ def load_pairs(path: str | os.PathLike) -> list[Pair]:
     return read_jsonl(path, _parse_pairwise)
 
 
-def _parse_heldout(obj: dict, problems: list[str]) -> tuple[str, list[str]]:
-    check_str(obj, "prompt", problems)
+def _parse_heldout(obj: dict, problems: list[str]) -> tuple[Prompt, list[str]]:
+    prompt = check_prompt(obj, problems)
     comps = obj.get("completions")
     if not (isinstance(comps, list) and all(isinstance(c, str) for c in comps)):
         problems.append("field 'completions': expected a list of strings")
-    return obj.get("prompt"), comps
+    return prompt, comps
+
+
+def _parse_prompt(obj: dict, problems: list[str]) -> Prompt:
+    return check_prompt(obj, problems)
+
+
+def _parse_demonstration(obj: dict, problems: list[str]) -> dict:
+    prompt = check_prompt(obj, problems)
+    check_str(obj, "completion", problems)
+    return {"prompt": prompt, "completion": obj.get("completion")}
+
+
+def load_prompts(path: str | os.PathLike) -> list[Prompt]:
+    """A prompts file ({"prompt"} per line: a string or a conversation), checked."""
+    return read_jsonl(path, _parse_prompt)
+
+
+def load_demonstrations(path: str | os.PathLike) -> list[dict]:
+    """A demonstrations file ({"prompt", "completion"} per line), checked: {"prompt", "completion"} rows."""
+    return read_jsonl(path, _parse_demonstration)
 
 
 def load_heldout(path: str | os.PathLike) -> list[tuple[str, list[str]]]:

@@ -9,11 +9,11 @@ import pydantic
 from pydantic import Field
 
 from rlhf_exp.config import ConfigError, schema
-from rlhf_exp.feedback.formats import Feedback, RankedSet, load_feedback
+from rlhf_exp.feedback.formats import Feedback, RankedSet, load_demonstrations, load_feedback, load_prompts
 from rlhf_exp.feedback.gold import GoldScore, GoldScorer
 from rlhf_exp.feedback.labelers import SimulatedLabeler, make_labelers
 from rlhf_exp.feedback.world import World
-from rlhf_exp.files import read_jsonl, string_fields
+from rlhf_exp.feedback.prompts import Prompt
 
 
 def gold_scores(sets: list[tuple[str, list[str]]]) -> list[list[GoldScore]]:
@@ -115,14 +115,14 @@ class FeedbackFile:
                               f"(data.{key}=PATH)")
         return value
 
-    def train_prompts(self) -> list[str]:
-        return [r["prompt"] for r in read_jsonl(self._need("prompts", "this stage"), string_fields("prompt"))]
+    def train_prompts(self) -> list[Prompt]:
+        return load_prompts(self._need("prompts", "this stage"))
 
-    def heldout_prompts(self) -> list[str]:
-        return [r["prompt"] for r in read_jsonl(self.heldout, string_fields("prompt"))] if self.heldout else []
+    def heldout_prompts(self) -> list[Prompt]:
+        return load_prompts(self.heldout) if self.heldout else []
 
     def sft_rows(self, styles: str, per_prompt: int) -> list[dict]:
-        return read_jsonl(self._need("demonstrations", "stage=sft"), string_fields("prompt", "completion"))
+        return load_demonstrations(self._need("demonstrations", "stage=sft"))
 
     def labeler_kinds(self) -> None:
         return None

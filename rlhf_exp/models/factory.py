@@ -1,20 +1,30 @@
 """The `model` group: how the policy (a causal LM), a reward model and their tokenizer are made,
-and how every later stage loads a model directory with the same settings (`from_dir`).
+how a stage trains them (`Training`: LoRA, gradient checkpointing), and how every later stage loads
+a model directory with the same settings (`from_dir`).
 
-`TinyGPT2` builds a small GPT-2 from its config (random init, no download) with the world's BPE
-tokenizer; `HFModel` loads any causal LM and tokenizer from a local directory. Both give a tokenizer
-whose PAD differs from EOS and that pads on the left, for batched generation.
+`TinyGPT2` and `TinyLlama` build small models from their config (random init, no download) with
+the world's BPE tokenizer (TinyLlama's with a chat template); `HFModel` loads any causal LM and
+tokenizer from a local directory, made once from a GGUF file when `gguf_file` is set. Every
+tokenizer has a PAD distinct from EOS and pads on the left, for batched generation.
 """
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Annotated, Literal
 
 import pydantic
 from pydantic import Field
 
 from rlhf_exp.config import schema
+from rlhf_exp.errors import UserError
+from rlhf_exp.models.training import Training
 
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+          "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+          "{% endif %}")  # ChatML, as SmolLM2 and many instruct models use (without a default system turn)
 
 
 def _ready_for_generation(tokenizer):
@@ -26,8 +36,13 @@ def _ready_for_generation(tokenizer):
     return tokenizer
 
 
+def _torch_dtype(name: str):
+    import torch
+    return None if name in ("auto", "float32") else getattr(torch, name)
+
+
 @schema
-class TinyGPT2:
+class TinyGPT2(Training):
     """A small GPT-2 built from config; the default model, needs nothing from a hub."""
     n_layer: Annotated[int, Field(ge=1)]
     n_head: Annotated[int, Field(ge=1)]
@@ -58,8 +73,8 @@ class TinyGPT2:
             pad_token_id=tokenizer.pad_token_id, **extra)
 
     def _typed(self, model):
-        import torch
-        return model if self.dtype in ("auto", "float32") else model.to(getattr(torch, self.dtype))
+        dtype = _torch_dtype(self.dtype)
+        return model if dtype is None else model.to(dtype)
 
     def causal_lm(self, tokenizer=None):
         from transformers import GPT2LMHeadModel
@@ -75,24 +90,68 @@ class TinyGPT2:
         return self._typed(init_reward_head(GPT2ForSequenceClassification(self.gpt2_config(tokenizer, num_labels=1))))
 
     def from_dir(self, path) -> "HFModel":
-        """A directory a stage saved (e.g. sft/), loaded with this group's dtype."""
-        return HFModel(name_or_path=str(path), dtype=self.dtype, trust_remote_code=False)
+        """A directory a stage saved (e.g. sft/), loaded and trained with this group's settings."""
+        return HFModel(name_or_path=str(path), gguf_file=None, dtype=self.dtype, trust_remote_code=False,
+                       **self.training_settings())
 
 
 @schema
-class HFModel:
-    """Any causal LM with its tokenizer, from a local directory written by save_pretrained."""
+class TinyLlama(TinyGPT2):
+    """A small Llama built from config whose tokenizer has a chat template (ChatML, with
+    `<|im_start|>` and `<|im_end|>`, the end of a turn, as EOS): the chat path of a real instruct
+    model, at the tiny model's size and speed."""
+
+    def tokenizer(self):
+        tok = super().tokenizer()
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tok.eos_token, tok.chat_template = "<|im_end|>", CHATML
+        return tok
+
+    def llama_config(self, tokenizer, **extra):
+        from transformers import LlamaConfig
+        return LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=self.n_embd, intermediate_size=4 * self.n_embd,
+            num_hidden_layers=self.n_layer, num_attention_heads=self.n_head, max_position_embeddings=self.n_positions,
+            attention_dropout=self.dropout, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, **extra)
+
+    def causal_lm(self, tokenizer=None):
+        from transformers import LlamaForCausalLM
+        tokenizer = tokenizer or self.tokenizer()
+        model = LlamaForCausalLM(self.llama_config(tokenizer))
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        return self._typed(model)
+
+    def sequence_classifier(self, tokenizer=None):
+        from transformers import LlamaForSequenceClassification
+        tokenizer = tokenizer or self.tokenizer()
+        return self._typed(init_reward_head(LlamaForSequenceClassification(self.llama_config(tokenizer, num_labels=1))))
+
+
+@schema
+class HFModel(Training):
+    """Any causal LM with its tokenizer, from a local directory written by save_pretrained; with
+    `gguf_file`, that directory is made once from the GGUF file (dequantized by transformers)."""
     name_or_path: str
+    gguf_file: str | None
     dtype: Dtype
     trust_remote_code: bool
 
+    def _materialize(self) -> str:
+        """The model directory; made from `gguf_file` on first use (atomically: a crash leaves none)."""
+        out = Path(self.name_or_path)
+        if self.gguf_file and not (out / "config.json").is_file():
+            dequantize_gguf(Path(self.gguf_file), out)
+        return str(out)
+
     def tokenizer(self):
         from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(self.name_or_path, trust_remote_code=self.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(self._materialize(), trust_remote_code=self.trust_remote_code)
         return _ready_for_generation(tok)
 
     def _load(self, auto_class, tokenizer, **kwargs):
-        model = auto_class.from_pretrained(self.name_or_path, dtype=self.dtype,
+        model = auto_class.from_pretrained(self._materialize(), dtype=self.dtype,
                                            trust_remote_code=self.trust_remote_code, **kwargs)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
@@ -119,8 +178,42 @@ class HFModel:
         return self._load(AutoModelForSequenceClassification, tokenizer or self.tokenizer())
 
     def from_dir(self, path) -> "HFModel":
-        """Another directory (a stage's output), loaded with this group's settings."""
-        return HFModel(name_or_path=str(path), dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+        """Another directory (a stage's output), loaded and trained with this group's settings."""
+        return HFModel(name_or_path=str(path), gguf_file=None, dtype=self.dtype,
+                       trust_remote_code=self.trust_remote_code, **self.training_settings())
+
+    @classmethod
+    def plain(cls, path) -> "HFModel":
+        """A directory loaded as saved, in float32, for inference (where no `model` group is at hand)."""
+        return cls(name_or_path=str(path), gguf_file=None, dtype="float32", trust_remote_code=False,
+                   lora_r=0, lora_alpha=1.0, lora_dropout=0.0, lora_target_modules="all-linear",
+                   gradient_checkpointing=False)
+
+
+def dequantize_gguf(gguf: Path, out: Path) -> Path:
+    """A GGUF file -> a save_pretrained directory (config, float weights, tokenizer with its chat
+    template). transformers dequantizes the file; the model it gives carries GGUF's quantization
+    marker, which save_pretrained refuses, so the weights go into a model built from the same config."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not gguf.is_file():
+        raise UserError(f"model.gguf_file = {str(gguf)!r}: no such file (resolved to {gguf.resolve()})")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = copy.deepcopy(loaded.config)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def init_reward_head(model):

@@ -9,25 +9,35 @@ import torch
 from transformers import GenerationConfig
 
 from rlhf_exp.core.ppo import response_mask
+from rlhf_exp.feedback.prompts import Conversation, Prompt, messages
 
-PROMPT_TEMPLATE = "{prompt}\n"  # the policy reads the prompt, then a newline, then writes its answer
-
-
-def format_prompt(prompt: str) -> str:
-    return PROMPT_TEMPLATE.format(prompt=prompt)
+PROMPT_TEMPLATE = "{prompt}\n"  # without a chat template: the prompt, a newline, then the answer
 
 
-def reward_text(tokenizer, prompt: str, completion: str) -> str:
+def format_prompt(tokenizer, prompt: Prompt) -> str:
+    """The one place a prompt becomes text: through the tokenizer's chat template, with the
+    assistant's turn opened (`add_generation_prompt`), when the tokenizer has one; else the plain
+    `PROMPT_TEMPLATE` (a conversation as its turns, one per line). SFT, collect, the reward model,
+    rollouts, DPO, eval and the labeling export all read prompts through here."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages(prompt), tokenize=False, add_generation_prompt=True)
+    if isinstance(prompt, Conversation) and len(prompt.turns) > 1:
+        return "".join(f"{role}: {content}\n" for role, content in prompt.turns) + "assistant: "
+    return PROMPT_TEMPLATE.format(prompt=str(prompt))
+
+
+def reward_text(tokenizer, prompt: Prompt, completion: str) -> str:
     """What the reward model reads: the prompt as the policy saw it, the completion, then EOS
-    (for tokenizers that have one and do not add it), so a decoder's score sits on EOS."""
-    text = format_prompt(prompt) + completion
+    (for tokenizers that have one and do not add it; with a chat template, the end of the
+    assistant's turn), so a decoder's score sits on EOS."""
+    text = format_prompt(tokenizer, prompt) + completion
     eos = tokenizer.eos_token
     return text + eos if eos and eos != tokenizer.sep_token else text
 
 
-def encode_prompts(tokenizer, prompts: list[str]) -> list[dict]:
+def encode_prompts(tokenizer, prompts: list[Prompt]) -> list[dict]:
     """Each prompt as the policy reads it, tokenized once: {"prompt", "ids"}."""
-    return [{"prompt": p, "ids": tokenizer(format_prompt(p), add_special_tokens=False)["input_ids"]}
+    return [{"prompt": p, "ids": tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]}
             for p in prompts]
 
 

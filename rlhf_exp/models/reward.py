@@ -35,8 +35,7 @@ class _Loads:
 
     def _load(self, path: str):
         from rlhf_exp.models.factory import HFModel
-        spec = self.models.from_dir(path) if self.models is not None else \
-            HFModel(name_or_path=path, dtype="float32", trust_remote_code=False)
+        spec = self.models.from_dir(path) if self.models is not None else HFModel.plain(path)
         tokenizer = spec.tokenizer()
         return spec.classifier(tokenizer), tokenizer
 
@@ -107,7 +106,7 @@ class ClassifierReward(_Loads):
         from rlhf_exp.models.generation import format_prompt
         model, tok, index = self.loaded
         texts = list(completions) if self.input == "completion" else \
-            [format_prompt(p) + c for p, c in zip(prompts, completions, strict=True)]
+            [format_prompt(tok, p) + c for p, c in zip(prompts, completions, strict=True)]
         logits = _batched_logits(model, tok, texts, self.batch_size, self.max_len)
         return logits[:, index] if self.output == "logit" else logits.softmax(-1)[:, index]
 
@@ -123,5 +122,5 @@ class GoldReward:
         from rlhf_exp.feedback.gold import GoldScorer
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        scores = GoldScorer().score_batch(prompts, completions)
+        scores = GoldScorer().score_batch([str(p) for p in prompts], completions)  # a conversation: its last user turn
         return torch.tensor([getattr(s, self.component) for s in scores], dtype=torch.float32)  # (B,)

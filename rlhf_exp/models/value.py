@@ -63,7 +63,9 @@ class Critic(nn.Module):
     @classmethod
     def from_policy(cls, lm) -> "Critic":
         """A copy of the policy's backbone with a zero-initialised head."""
-        return cls(copy.deepcopy(lm.base_model), zero_head(lm.config.hidden_size))
+        from rlhf_exp.models.training import is_adapted
+        backbone = lm.get_base_model().base_model if is_adapted(lm) else lm.base_model  # LoRA: its own adapters
+        return cls(copy.deepcopy(backbone), zero_head(lm.config.hidden_size))
 
     @classmethod
     def from_reward_model(cls, reward_model) -> "Critic":

@@ -8,21 +8,22 @@ import torch
 from torch.utils.data import DataLoader
 
 from rlhf_exp.feedback.formats import Pair
+from rlhf_exp.feedback.prompts import Prompt, sort_key
 from rlhf_exp.models.generation import encode_prompts, format_prompt, left_pad_collate, reward_text
 
 
 def split_by_prompt(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Train/val split with every prompt on one side only (no leakage through shared prompts)."""
-    prompts = sorted({r["prompt"] for r in rows})
+    prompts = sorted({r["prompt"] for r in rows}, key=sort_key)
     random.Random(f"split-{seed}").shuffle(prompts)
     n_val = max(1, round(len(prompts) * val_fraction)) if val_fraction > 0 and len(prompts) > 1 else 0
     val = set(prompts[:n_val])
     return [r for r in rows if r["prompt"] not in val], [r for r in rows if r["prompt"] in val]
 
 
-def encode_completion(tokenizer, prompt: str, completion: str, max_len: int) -> tuple[list[int], list[int]]:
+def encode_completion(tokenizer, prompt: Prompt, completion: str, max_len: int) -> tuple[list[int], list[int]]:
     """(input ids, labels) of prompt + completion + EOS, cut at max_len; labels −100 on the prompt."""
-    p = tokenizer(format_prompt(prompt), add_special_tokens=False)["input_ids"]
+    p = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
     c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return (p + c)[:max_len], ([-100] * len(p) + c)[:max_len]
 

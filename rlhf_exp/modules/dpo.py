@@ -11,6 +11,7 @@ from pydantic import Field
 from rlhf_exp.config import schema
 from rlhf_exp.core.dpo import dpo_loss
 from rlhf_exp.core.ops import logprobs_from_logits
+from rlhf_exp.models.training import adapters_off
 from rlhf_exp.modules.metrics import to_floats
 from rlhf_exp.modules.optim import adamw
 
@@ -48,12 +49,14 @@ class DPOSettings:
 @torch.no_grad()
 def cache_reference_logps(lm, rows: list[dict], collate, batch_size: int = 64) -> None:
     """Add to every encoded pair its (chosen, rejected) completion log-probs under `lm`, the
-    reference (in eval mode: no dropout), as `row["ref"]`; computed once, before training."""
+    reference (in eval mode: no dropout; a LoRA model with its adapters off), as `row["ref"]`;
+    computed once, before training."""
     was_training = lm.training
     lm.eval()
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        logps = completion_logps(lm, collate(chunk)).tolist()
+        with adapters_off(lm):
+            logps = completion_logps(lm, collate(chunk)).tolist()
         for row, chosen, rejected in zip(chunk, logps[:len(chunk)], logps[len(chunk):]):
             row["ref"] = (chosen, rejected)
     lm.train(was_training)

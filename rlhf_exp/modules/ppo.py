@@ -79,12 +79,13 @@ class InvariantError(AssertionError):
 
 class PPOModule(pl.LightningModule):
     def __init__(self, actor_critic, ref_lm, tokenizer, reward, s: PPOSettings, seed: int = 0):
-        """actor_critic: ActorCritic; ref_lm: frozen copy of the starting policy; reward: has
+        """actor_critic: ActorCritic; ref_lm: the starting policy, frozen (`models.training.reference`); reward: has
         `score(prompts, completions) -> (B,)`; s: PPOSettings."""
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.ref, self.tokenizer, self.reward, self.s = actor_critic, ref_lm, tokenizer, reward, s
-        self.ref.requires_grad_(False)
+        if isinstance(ref_lm, torch.nn.Module):  # a copy (a LoRA policy's reference is itself, adapters off)
+            ref_lm.requires_grad_(False)
         self.kl_ctl = AdaptiveKLController(s.kl_coef, s.kl_target, s.kl_horizon) \
             if s.kl_controller == "adaptive" else FixedKLController(s.kl_coef)
         self.kl_estimator = KL_ESTIMATORS[s.kl_estimator]

@@ -61,10 +61,12 @@ class StageContext:
         return build(self.cfg.trainer, logger=self.run.lightning_logger(), callbacks=callbacks, **overrides)
 
     def save_pretrained(self, name: str, dirname: str, model, tokenizer) -> Path:
-        """Save a model and its tokenizer with save_pretrained to run_dir/dirname; record it as `name`."""
-        out = self.run_dir / dirname
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        """Save a model and its tokenizer with save_pretrained to run_dir/dirname (a LoRA model: merged
+        there, and its adapter in dirname_adapter/); record it as `name`."""
+        from rlhf_exp.models.training import save_trained
+        out, *adapter = save_trained(model, tokenizer, self.run_dir / dirname)
+        for path in adapter:
+            self.save(f"{name}_adapter", path)
         return self.save(name, out)
 
     def save_text(self, name: str, filename: str, text: str) -> Path:

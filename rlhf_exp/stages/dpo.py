@@ -14,11 +14,11 @@ def run(ctx: StageContext, s: DPOSettings) -> None:
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     spec = ctx.model_spec(s.policy, "policy")
     tokenizer = spec.tokenizer()
-    policy = spec.causal_lm(tokenizer)
+    policy = spec.trainable(spec.causal_lm(tokenizer))  # LoRA adapters when model.lora_r > 0
     pairs = load_pairs(ctx.input_path(s.pairs, "pairs", "algorithm.pairs"))
     rows = encode_pairs(tokenizer, pairs, s.max_len)
     collate = pair_rows_collate(tokenizer.pad_token_id)
-    cache_reference_logps(policy, rows, collate)  # the reference is the starting policy
+    cache_reference_logps(policy, rows, collate)  # the reference: the starting policy (LoRA: adapters off)
     dm = RowsDataModule(rows, collate, s.batch_size, s.val_fraction, ctx.cfg.seed)
     trainer = ctx.trainer("align", max_epochs=s.epochs)
     trainer.fit(DPOModule(policy, s), datamodule=dm)

@@ -2,12 +2,11 @@
 aligned policy is saved to policy/ with save_pretrained."""
 from __future__ import annotations
 
-import copy
-
 import pytorch_lightning as pl
 
 from rlhf_exp.config import ConfigError
 from rlhf_exp.files import write_jsonl
+from rlhf_exp.models.training import reference
 from rlhf_exp.models.value import ActorCritic
 from rlhf_exp.modules.data import PromptDataModule
 from rlhf_exp.modules.ppo import PPOModule, PPOSettings
@@ -36,9 +35,9 @@ def run(ctx: StageContext, s: PPOSettings) -> None:
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     spec = ctx.model_spec(s.policy, "policy")
     tokenizer = spec.tokenizer()
-    lm = spec.causal_lm(tokenizer)
+    lm = spec.trainable(spec.causal_lm(tokenizer))   # LoRA adapters when model.lora_r > 0
     reward = ctx.reward_source()
-    ref = copy.deepcopy(lm)
+    ref = reference(lm)                                 # with LoRA: the same network, adapters off
     module = PPOModule(ActorCritic(lm, critic_for(s, lm, tokenizer, reward)), ref, tokenizer, reward, s,
                        seed=ctx.cfg.seed)
     dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size, ctx.cfg.seed)

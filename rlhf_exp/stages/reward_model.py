@@ -11,6 +11,7 @@ from statistics import mean, pstdev
 import pytorch_lightning as pl
 
 from rlhf_exp.feedback.formats import load_heldout, load_pairs
+from rlhf_exp.feedback.prompts import sort_key
 from rlhf_exp.models.reward import reward_scores
 from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate
 from rlhf_exp.modules.reward import RewardModelSettings, RewardModule
@@ -23,7 +24,7 @@ def backbone(ctx: StageContext, s: RewardModelSettings):
     """(tokenizer, reward model with a fresh head) from the backbone the settings name."""
     spec = ctx.model_spec(s.backbone, "policy")
     tokenizer = spec.tokenizer()
-    return tokenizer, spec.sequence_classifier(tokenizer)
+    return tokenizer, spec.trainable(spec.sequence_classifier(tokenizer), task="SEQ_CLS")  # head trained with LoRA
 
 
 def gold_accuracy(score, sets: list[tuple[str, list[str]]]) -> tuple[float, int]:
@@ -64,7 +65,8 @@ def run(ctx: StageContext) -> None:
     trainer.fit(module, datamodule=dm)
 
     score = partial(reward_scores, model, tokenizer, batch_size=64, max_len=s.max_len)
-    reference = sorted({(p.prompt, c) for p in rows for c in (p.chosen, p.rejected)})
+    reference = sorted({(p.prompt, c) for p in rows for c in (p.chosen, p.rejected)},
+                       key=lambda pc: (sort_key(pc[0]), pc[1]))
     ref_scores = score(*map(list, zip(*reference))).tolist()
     model.config.reward_mean, model.config.reward_std = mean(ref_scores), pstdev(ref_scores)
     ctx.save_pretrained("reward_model", "reward_model", model, tokenizer)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
+from rlhf_exp.feedback.prompts import sort_key
 from rlhf_exp.modules.data import RowsDataModule, sft_collate
 from rlhf_exp.modules.sft import SFTModule, SFTSettings
 from rlhf_exp.stages.context import StageContext
@@ -13,10 +14,10 @@ def run(ctx: StageContext) -> None:
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     spec = ctx.built["model"]
     tokenizer = spec.tokenizer()
-    policy = spec.causal_lm(tokenizer)
+    policy = spec.trainable(spec.causal_lm(tokenizer))  # LoRA adapters when model.lora_r > 0
     rows = ctx.built["data"].sft_rows(s.styles, s.per_prompt)
     dm = RowsDataModule(rows, sft_collate(tokenizer, s.max_len), s.batch_size, s.val_fraction, ctx.cfg.seed)
-    sample_prompts = sorted({r["prompt"] for r in dm.val_rows or dm.train_rows})[: s.n_samples]
+    sample_prompts = sorted({r["prompt"] for r in dm.val_rows or dm.train_rows}, key=sort_key)[: s.n_samples]
     module = SFTModule(policy, tokenizer, s, sample_prompts)
     trainer = ctx.trainer("sft", max_epochs=s.epochs)
     trainer.fit(module, datamodule=dm)
