@@ -234,3 +234,20 @@ def test_dpo_is_one_override_away(cli, tmp_path):
     from transformers import AutoModelForCausalLM
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "outputs/run/policy").config.n_embd == 32
     assert "align (dpo, sigmoid, beta 0.5)" in proc.stdout and "== before (reference) and after" in proc.stdout
+
+
+def test_a_chat_model_with_lora_through_the_whole_pipeline(cli, tmp_path):
+    """The tiny Llama with a chat template, LoRA in every trained stage, PPO then DPO."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    cli("experiment=smoke", "model=tiny_llama", "model.lora_r=4", "logger=none", "hydra.run.dir=outputs/ppo")
+    cli("experiment=smoke", "model=tiny_llama", "model.lora_r=4", "logger=none", "algorithm=dpo",
+        "hydra.run.dir=outputs/dpo")
+    for run in ("ppo", "dpo"):
+        out = tmp_path / "outputs" / run
+        for name in ("sft", "reward_model", "policy"):
+            assert (out / f"{name}_adapter" / "adapter_config.json").is_file(), (run, name)
+            assert (out / name / "config.json").is_file()  # merged: a plain model
+        tok = AutoTokenizer.from_pretrained(out / "policy")
+        assert tok.chat_template and tok.eos_token == "<|im_end|>"  # the template travels with every model
+        assert AutoModelForCausalLM.from_pretrained(out / "policy").config.model_type == "llama"
+        assert "eval/gold/policy" in json.loads((out / "eval_summary.json").read_text())

@@ -262,3 +262,17 @@ def test_model_dtype_reaches_every_load(tmp_path, policy_dir, monkeypatch):
     tok.save_pretrained(tmp_path / "rm")
     ctx.built["reward"] = LearnedReward(path=str(tmp_path / "rm"), normalize=False, batch_size=4, max_len=32)
     assert ctx.reward_source().loaded[0].dtype == torch.bfloat16  # the reward model too
+
+
+def test_lora_and_gradient_checkpointing_settings_reach_peft_and_the_model(tiny_spec):
+    spec = tiny_spec(lora_r=3, lora_alpha=7.0, lora_dropout=0.13, lora_target_modules=["c_attn"],
+                     gradient_checkpointing=True)
+    tok = spec.tokenizer()
+    lm = spec.trainable(spec.causal_lm(tok))
+    config = lm.peft_config["default"]
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.target_modules) == (3, 7.0, 0.13, {"c_attn"})
+    assert lm.get_base_model().is_gradient_checkpointing
+    rm = spec.trainable(spec.sequence_classifier(tok), task="SEQ_CLS")
+    assert any("score" in n for n, p in rm.named_parameters() if p.requires_grad)  # the reward head trains too
+    plain = tiny_spec().trainable(tiny_spec().causal_lm(tok))
+    assert not hasattr(plain, "peft_config") and not plain.is_gradient_checkpointing  # r 0: full fine-tuning

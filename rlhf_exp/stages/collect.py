@@ -64,7 +64,7 @@ def run(ctx: StageContext) -> None:
     policy_dir = ctx.input_path(s.policy, "policy", "collect.policy")
     spec = ctx.model_spec(str(policy_dir))
     tokenizer = spec.tokenizer()
-    policy = spec.causal_lm(tokenizer)
+    policy = spec.causal_lm(tokenizer).to(ctx.device())
     gen = dict(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                batch_size=s.batch_size)
 

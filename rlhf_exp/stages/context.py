@@ -49,6 +49,14 @@ class StageContext:
         reward.models = self.built["model"]
         return reward
 
+    def device(self):
+        """Where the stages that only sample (collect, eval) run: the `trainer` group's accelerator
+        (`auto`: the first GPU when there is one), as the trained stages do under Lightning."""
+        import torch
+        accelerator = self.cfg.trainer.get("accelerator", "auto")
+        gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        return torch.device("cuda", 0) if gpu else torch.device("cpu")
+
     def trainer(self, stage: str, **overrides):
         """The configured pytorch_lightning.Trainer, logging into this stage's MLflow run and
         checkpointing (for resuming) under checkpoints/<stage>/ in the run directory."""

@@ -38,7 +38,7 @@ def sample_rollouts(lm, tokenizer, prompts: list[str], s: EvalSettings):
     rows, collate = encode_prompts(tokenizer, prompts), left_pad_collate(tokenizer.pad_token_id)
     for i in range(0, len(rows), s.batch_size):
         b = collate(rows[i:i + s.batch_size])
-        yield generate(lm, tokenizer, b["input_ids"], b["attention_mask"],
+        yield generate(lm, tokenizer, b["input_ids"].to(lm.device), b["attention_mask"].to(lm.device),
                        max_new_tokens=s.max_new_tokens, temperature=s.temperature)
 
 
@@ -82,7 +82,8 @@ def run(ctx: StageContext) -> None:
     ref_dir = ctx.input_path(s.reference, "policy", "eval.reference")
     policy_spec, ref_spec = ctx.model_spec(str(policy_dir)), ctx.model_spec(str(ref_dir))
     tokenizer = policy_spec.tokenizer()
-    policy, ref = policy_spec.causal_lm(tokenizer), ref_spec.causal_lm(tokenizer)
+    device = ctx.device()
+    policy, ref = policy_spec.causal_lm(tokenizer).to(device), ref_spec.causal_lm(tokenizer).to(device)
     flat_prompts = [p for p in prompts for _ in range(s.samples_per_prompt)]
     texts, kl = {"ref": [], "policy": []}, []
     for r in sample_rollouts(ref, tokenizer, flat_prompts, s):
@@ -92,6 +93,8 @@ def run(ctx: StageContext) -> None:
         kl += sequence_kl(policy, ref, r, s.temperature)
 
     reward = ctx.reward_source()
+    if hasattr(reward, "to"):
+        reward.to(device)
     rewards = {k: reward.score(flat_prompts, v).tolist() for k, v in texts.items()}
     wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards["policy"], rewards["ref"])]
     metrics = {f"eval/reward/{k}": mean(v) for k, v in rewards.items()}
