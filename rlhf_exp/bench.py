@@ -1,11 +1,14 @@
 """Benchmarks that report how close an iteration comes to the bare model work it needs.
 
     python -m rlhf_exp.bench ppo --batch 16 --resp-len 32 --ppo-epochs 4 --steps 8
+    python -m rlhf_exp.bench ppo --model smollm2 --lora-r 16      # a real model (or --model DIR), LoRA
 
-Runs PPO iterations (the real PPOModule in a Lightning Trainer) on the tiny model with a reward model
-of the same size and, after each, the floor of the same shapes in the same process: a bare
+Runs PPO iterations (the real PPOModule in a Lightning Trainer) on the tiny model (or the model
+given, trained as the `model` group trains it: LoRA when --lora-r > 0) with a reward model of the
+same backbone and, after each, the floor of the same shapes in the same process: a bare
 `generate` of as many tokens as the rollout had, the no-grad forwards (policy, reference, reward
-model) and, for every minibatch, a forward, a backward, gradient clipping and the optimizer step.
+model) and, for every minibatch, a forward, the log-probs of the sampled tokens (a log-softmax over
+the vocabulary, which any implementation computes), a backward, gradient clipping and the optimizer step.
 Prints one JSON line; `overhead = median_step_s / floor_step_s`, and `overhead_strict` against a
 floor without the clipping and optimizer steps. Timings on a shared CPU vary run to run; alternating
 steps and floors lets both see the same conditions.
@@ -24,14 +27,27 @@ import pytorch_lightning as pl
 import torch
 
 from rlhf_exp.config import option
+from rlhf_exp.core.ops import logprobs_from_logits
 
 
-def tiny_models(n_layer: int, n_head: int, n_embd: int):
-    """(tokenizer, policy, reward model) built from config: the tiny GPT-2 and a reward model of the same size."""
-    spec = option("model", "tiny", n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                  tokenizer_dir=os.environ.get("RLHF_EXP_CACHE", "outputs/cache") + "/tokenizers")
+def models(args):
+    """(tokenizer, policy as trained, reward model): the tiny GPT-2 built from config, `smollm2`, or
+    a model directory, with LoRA adapters on the policy when --lora-r > 0."""
+    common = {"lora_r": args.lora_r}
+    if args.model == "smollm2":
+        spec = option("model", "smollm2", **common)
+    elif args.model:
+        spec = option("model", "hf", name_or_path=args.model, **common)
+    else:
+        spec = option("model", "tiny", n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                      tokenizer_dir=os.environ.get("RLHF_EXP_CACHE", "outputs/cache") + "/tokenizers", **common)
     tokenizer = spec.tokenizer()
-    return tokenizer, spec.causal_lm(tokenizer), spec.sequence_classifier(tokenizer)
+    return tokenizer, spec.trainable(spec.causal_lm(tokenizer)), spec.sequence_classifier(tokenizer)
+
+
+def described(args) -> dict:
+    size = {"model": args.model} if args.model else {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd")}
+    return {**size, "lora_r": args.lora_r, "threads": torch.get_num_threads()}
 
 
 class Interleaved(pl.Callback):
@@ -76,7 +92,7 @@ def ppo_floor(lm, ref, rm, opt, batch, s, width: int) -> dict[str, float]:
         for rows in torch.randperm(len(out)).split(size):
             logits = lm(input_ids=out[rows], output_hidden_states=True,
                         **{**kw, "attention_mask": full_att[rows], "position_ids": pos[rows]}).logits
-            logits.float().mean().backward()
+            logprobs_from_logits(logits, out[rows, -width:]).mean().backward()  # log p of the sampled tokens
             t = time.perf_counter()
             clip_grad_norm(params, s.max_grad_norm)  # as the module clips
             opt.step()
@@ -89,12 +105,13 @@ def ppo_floor(lm, ref, rm, opt, batch, s, width: int) -> dict[str, float]:
 def bench_ppo(args) -> dict:
     from rlhf_exp.feedback.world import World
     from rlhf_exp.models.reward import LearnedReward
+    from rlhf_exp.models.training import reference
     from rlhf_exp.models.value import ActorCritic
     from rlhf_exp.modules.data import PromptDataModule
     from rlhf_exp.modules.optim import adamw
     from rlhf_exp.modules.ppo import PPOModule
     pl.seed_everything(0, verbose=False)
-    tokenizer, lm, rm = tiny_models(args.n_layer, args.n_head, args.n_embd)
+    tokenizer, lm, rm = models(args)
     s = option("algorithm", "ppo", batch_size=args.batch, max_new_tokens=args.resp_len, ppo_epochs=args.ppo_epochs,
                      minibatches=args.minibatches, max_steps=args.steps + args.warmup, sample_every=0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,9 +121,11 @@ def bench_ppo(args) -> dict:
         reward.loaded  # noqa: B018 -- load before timing
         prompts = World(0, 0.2).train_prompts
         dm = PromptDataModule(prompts, tokenizer, s.batch_size, seed=0)
-        floor_models = (copy.deepcopy(lm).eval(), copy.deepcopy(lm).eval(), copy.deepcopy(rm).eval())
-        floor_models += (adamw(floor_models[0].parameters(), lr=s.lr, eps=1e-5)["optimizer"],)  # built once, as the module's
-        module = PPOModule(ActorCritic(lm), copy.deepcopy(lm), tokenizer, reward, s)
+        floor_lm = copy.deepcopy(lm).eval()
+        trained = [p for p in floor_lm.parameters() if p.requires_grad]
+        floor_models = (floor_lm, reference(floor_lm), copy.deepcopy(rm).eval(),
+                        adamw(trained, lr=s.lr, eps=1e-5)["optimizer"])  # built once, as the module's
+        module = PPOModule(ActorCritic(lm), reference(lm), tokenizer, reward, s)
         timer = Interleaved(lambda batch, m: ppo_floor(*floor_models, batch, s, m.timings[-1]["width"]))
         trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, accelerator="cpu", callbacks=[timer])
@@ -116,8 +135,7 @@ def bench_ppo(args) -> dict:
     step = median(timer.steps[args.warmup:])
     floor = median(f["step"] for f in floors)
     return {"bench": "ppo", "batch": args.batch, "resp_len": args.resp_len, "ppo_epochs": args.ppo_epochs,
-            "minibatches": args.minibatches, "steps": args.steps, "n_layer": args.n_layer,
-            "n_head": args.n_head, "n_embd": args.n_embd, "threads": torch.get_num_threads(),
+            "minibatches": args.minibatches, "steps": args.steps, **described(args),
             "median_step_s": round(step, 4),
             "median_rollout_s": round(median(t["rollout_s"] for t in measured), 4),
             "median_update_s": round(median(t["update_s"] for t in measured), 4),
@@ -134,13 +152,14 @@ def bench_ppo(args) -> dict:
 
 def dpo_floor(lm, opt, batch) -> float:
     """The bare work of one DPO step: a forward of chosen and rejected rows (logits at the positions
-    that predict completion tokens, as the step computes them), a backward, an optimizer step."""
+    that predict completion tokens, as the step computes them), their log-probs, a backward, an
+    optimizer step."""
     t0 = time.perf_counter()
     keep = torch.zeros_like(batch["labels"], dtype=torch.bool)  # the same positions as the step's
     keep[:, :-1] = batch["labels"][:, 1:] != -100
     logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep,
                 use_cache=False).logits
-    logits.float().mean().backward()
+    logprobs_from_logits(logits, batch["labels"][:, 1:][keep[:, :-1]]).sum().backward()  # log p of the completion
     opt.step()
     opt.zero_grad()
     return time.perf_counter() - t0
@@ -151,7 +170,7 @@ def bench_dpo(args) -> dict:
     from rlhf_exp.modules.dpo import DPOModule, cache_reference_logps
     from rlhf_exp.modules.optim import adamw
     pl.seed_everything(0, verbose=False)
-    tokenizer, lm, _ = tiny_models(args.n_layer, args.n_head, args.n_embd)
+    tokenizer, lm, _ = models(args)
     s = option("algorithm", "dpo", batch_size=args.batch, max_len=args.seq_len, epochs=1, warmup_steps=0,
                            val_fraction=0.0)
     g = torch.Generator().manual_seed(0)
@@ -167,7 +186,7 @@ def bench_dpo(args) -> dict:
     collate = pair_rows_collate(tokenizer.pad_token_id)
     cache_reference_logps(lm, rows, collate)  # once, before training, as the stage does
     floor_lm = copy.deepcopy(lm).eval()
-    floor_opt = adamw(floor_lm.parameters(), lr=1e-6)["optimizer"]
+    floor_opt = adamw([p for p in floor_lm.parameters() if p.requires_grad], lr=1e-6)["optimizer"]
     timer = Interleaved(lambda batch, m: {"step": dpo_floor(floor_lm, floor_opt, batch)})
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", limit_val_batches=0, callbacks=[timer])
@@ -175,8 +194,7 @@ def bench_dpo(args) -> dict:
     step = median(timer.steps[args.warmup:])
     floor = median(f["step"] for f in timer.floors[args.warmup:])
     return {"bench": "dpo", "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps,
-            "n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd,
-            "threads": torch.get_num_threads(), "median_step_s": round(step, 4),
+            **described(args), "median_step_s": round(step, 4),
             "floor_step_s": round(floor, 4), "overhead": round(step / floor, 3)}
 
 
@@ -198,7 +216,9 @@ def main(argv=None) -> None:
     dpo.add_argument("--warmup", type=int, default=3)
     for p in (ppo, dpo):
         for name, default in (("--n-layer", 2), ("--n-head", 4), ("--n-embd", 128)):
-            p.add_argument(name, type=int, default=default)
+            p.add_argument(name, type=int, default=default, help="tiny model size (without --model)")
+        p.add_argument("--model", default=None, help="smollm2, or a model directory (default: the tiny GPT-2)")
+        p.add_argument("--lora-r", type=int, default=0, help="LoRA rank of the policy (0: full fine-tuning)")
     args = parser.parse_args(argv)
     print(json.dumps(bench_ppo(args) if args.bench == "ppo" else bench_dpo(args)))
 

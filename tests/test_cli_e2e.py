@@ -124,8 +124,8 @@ def test_stages_alone_with_human_labelers(cli, tmp_path, tiny_spec):
     spec.causal_lm(tok).save_pretrained(tmp_path / "policy")
     tok.save_pretrained(tmp_path / "policy")
 
-    missing = cli("stage=collect", check=False)
-    assert missing.returncode == 2 and "collect.policy: no input given" in missing.stderr
+    missing = cli("stage=eval", check=False)
+    assert missing.returncode == 2 and "eval.policy: no input given" in missing.stderr
 
     cli("stage=collect", "experiment=smoke", "collect.policy=policy", "collect=human",
         "hydra.run.dir=outputs/collect")

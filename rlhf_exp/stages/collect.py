@@ -61,8 +61,7 @@ def run(ctx: StageContext) -> None:
     if simulated and not data.simulated:
         raise ConfigError("collect.labelers = 'simulated': expected 'human' with data=files "
                           "(only the synthetic world has simulated labelers)")
-    policy_dir = ctx.input_path(s.policy, "policy", "collect.policy")
-    spec = ctx.model_spec(str(policy_dir))
+    spec = ctx.model_spec(s.policy, "policy")  # the directory given, this pipeline's sft/, or the model group
     tokenizer = spec.tokenizer()
     policy = spec.causal_lm(tokenizer).to(ctx.device())
     gen = dict(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
@@ -96,5 +95,5 @@ def run(ctx: StageContext) -> None:
         for k in ("overall", "helpfulness", "toxicity", "coherence"):
             metrics[f"collect/gold/{k}"] = mean(getattr(g, k) for gs in gold for g in gs)
     ctx.run.log_metrics(metrics)
-    print(f"collect: {len(sets)} sets of {data.n_completions} from {policy_dir} in {seconds:.1f} s; "
+    print(f"collect: {len(sets)} sets of {data.n_completions} from {getattr(spec, 'name_or_path', 'the model group')} in {seconds:.1f} s; "
           f"{'ranked by the simulated labelers' if simulated else 'LABELING.md written for people'}")

@@ -79,8 +79,8 @@ def run(ctx: StageContext) -> None:
     data = ctx.built["data"]
     prompts = data.heldout_prompts() or data.train_prompts()
     policy_dir = ctx.input_path(s.policy, "aligned_policy", "eval.policy")
-    ref_dir = ctx.input_path(s.reference, "policy", "eval.reference")
-    policy_spec, ref_spec = ctx.model_spec(str(policy_dir)), ctx.model_spec(str(ref_dir))
+    policy_spec = ctx.model_spec(str(policy_dir))
+    ref_spec = ctx.model_spec(s.reference, "policy")  # the directory given, this pipeline's sft/, or the model group
     tokenizer = policy_spec.tokenizer()
     device = ctx.device()
     policy, ref = policy_spec.causal_lm(tokenizer).to(device), ref_spec.causal_lm(tokenizer).to(device)
