@@ -101,3 +101,13 @@ def test_bad_ppo_settings_are_refused_when_the_config_is_composed():
     assert "algorithm.batch_size = 1.5: expected an integer" in msg
     with pytest.raises(ConfigError, match="algorithm.minibatches = 64: expected at most batch_size"):
         validate_config(compose("algorithm.minibatches=64"))  # a check across fields, once each field is valid
+
+
+def test_the_walk_of_clip_eps_in_architecture_md_points_at_the_lines_it_names():
+    """ARCHITECTURE.md follows algorithm.clip_eps by file:line; each line named still holds it."""
+    doc = (CONF.parent / "ARCHITECTURE.md").read_text()
+    refs = re.findall(r"\[`([\w/.]+):(\d+)`\]", doc)
+    assert len(refs) == 5 and len({path for path, _ in refs}) == 4  # 5 hops through 4 files
+    for path, line in refs:
+        text = (CONF.parent / path).read_text().splitlines()[int(line) - 1]
+        assert "clip_eps" in text or "instantiate(" in text, (path, line, text)
