@@ -166,7 +166,8 @@ def collect(nodes: dict[str, DictConfig], sources: dict[str, str]) -> dict[str, 
         try:
             built[name] = check_node(node, name)
         except ConfigError as err:
-            where = (f"in '{name}'" if name else "at the top level") + (f" ({sources[name]})" if name in sources else "")
+            where = f"in '{name}'" if name else "at the top level"
+            where += f" ({sources[name]})" if name in sources else ""
             problems.append(f"{where}:\n  " + str(err).replace("\n", "\n  "))
     if problems:
         raise ConfigError("\n".join(problems))

@@ -39,7 +39,8 @@ def test_bad_json_names_line_and_column():
 
 def test_missing_field():
     assert problems({"prompt": "p", "chosen": "a"}) == ["line 1: field 'rejected': missing (expected a string)"]
-    assert problems({"completions": ["a", "b"], "rankings": {}}) == ["line 1: field 'prompt': missing (expected a string or a list of role/content turns)"]
+    assert problems({"completions": ["a", "b"], "rankings": {}}) == [
+        "line 1: field 'prompt': missing (expected a string or a list of role/content turns)"]
 
 
 def test_ranking_of_the_wrong_length():
@@ -72,7 +73,8 @@ def test_binary_label_and_pairwise_margin_types():
 
 def test_wrong_types_and_too_few_completions():
     assert problems({"prompt": 3, "completions": ["a"], "rankings": {}}) == [
-        "line 1: field 'prompt': expected a string or a list of {\"role\", \"content\"} turns (system, user, assistant) ending with a user turn, got 3",
+        "line 1: field 'prompt': expected a string or a list of {\"role\", \"content\"} turns (system, user, "
+        "assistant) ending with a user turn, got 3",
         "line 1: field 'completions': expected a list of at least 2 strings"]
 
 

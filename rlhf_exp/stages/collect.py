@@ -95,5 +95,6 @@ def run(ctx: StageContext) -> None:
         for k in ("overall", "helpfulness", "toxicity", "coherence"):
             metrics[f"collect/gold/{k}"] = mean(getattr(g, k) for gs in gold for g in gs)
     ctx.run.log_metrics(metrics)
-    print(f"collect: {len(sets)} sets of {data.n_completions} from {getattr(spec, 'name_or_path', 'the model group')} in {seconds:.1f} s; "
+    source = getattr(spec, "name_or_path", "the model group")
+    print(f"collect: {len(sets)} sets of {data.n_completions} from {source} in {seconds:.1f} s; "
           f"{'ranked by the simulated labelers' if simulated else 'LABELING.md written for people'}")
