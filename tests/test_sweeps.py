@@ -69,3 +69,18 @@ def test_clip_sweep_reuses_earlier_stages_records_each_job_and_compares(cli, tmp
 def test_reuse_must_name_an_earlier_run(cli):
     proc = cli("reuse=nowhere", check=False)
     assert proc.returncode == 2 and "reuse = 'nowhere': expected an earlier pipeline run directory" in proc.stderr
+
+
+def test_a_parallel_sweep_on_a_fresh_store_records_every_run_param_and_metric(cli, tmp_path):
+    """Four joblib workers creating the sqlite store at once used to race on its tables: 1 run of 8
+    was recorded. The store is now created and migrated under a lock, by one process at a time."""
+    noises = ["0.05", "0.1", "0.15", "0.2", "0.25", "0.3", "0.35", "0.4"]
+    proc = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "stage=prepare",
+               f"data.noise={','.join(noises)}", "hydra.sweep.dir=outputs/sweep")
+    assert "failed" not in proc.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("rlhf").experiment_id])
+    assert sorted(r.data.params["data.noise"] for r in runs) == noises
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({frozenset(r.data.metrics) for r in runs}) == 1 and "prepare/data/pairs" in runs[0].data.metrics
+    assert len({len(r.data.params) for r in runs}) == 1

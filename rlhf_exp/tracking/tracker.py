@@ -89,20 +89,39 @@ class MLflowTracker:
 
     @property
     def client(self):
+        """The MlflowClient; a sqlite store is created and migrated by one process at a time (parallel
+        sweep jobs starting on a fresh store would otherwise race to create its tables and lose runs)."""
         if self._client is None:
             from mlflow.tracking import MlflowClient
-            if self.tracking_uri.startswith("sqlite:///"):
-                db = Path(self.tracking_uri[len("sqlite:///"):])
-                db.parent.mkdir(parents=True, exist_ok=True)
-            self._client = MlflowClient(self.tracking_uri)
+            with self._store_lock():  # the client creates (or migrates) the store when it is made
+                self._client = MlflowClient(self.tracking_uri)
         return self._client
 
+    @contextlib.contextmanager
+    def _store_lock(self):
+        """An exclusive lock beside a sqlite store (`mlflow.db.lock`), for creating it and its
+        experiment; nothing for a tracking server, which serialises its own writes."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            yield
+            return
+        import fcntl
+        db = Path(self.tracking_uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def experiment_id(self) -> str:
-        exp = self.client.get_experiment_by_name(self.experiment_name)
-        if exp is not None:
-            return exp.experiment_id
-        location = Path(self.artifact_location).resolve().as_uri()
-        return self.client.create_experiment(self.experiment_name, artifact_location=location)
+        client = self.client
+        with self._store_lock():  # get or create, one process at a time
+            exp = client.get_experiment_by_name(self.experiment_name)
+            if exp is not None:
+                return exp.experiment_id
+            location = Path(self.artifact_location).resolve().as_uri()
+            return client.create_experiment(self.experiment_name, artifact_location=location)
 
     @contextlib.contextmanager
     def run(self, name: str, tags: Mapping[str, object] | None = None,
