@@ -42,6 +42,7 @@ OmegaConf.register_new_resolver("package_file", package_file, replace=True)
 
 class ConfigError(UserError):
     """A config the user must fix; the message says where and what was expected."""
+    kind = "config error"
 
 
 def schema(cls):

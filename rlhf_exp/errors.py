@@ -3,3 +3,10 @@
 
 class UserError(ValueError):
     """Bad input or config: reported without a traceback, exit status non-zero, nothing written."""
+    kind = "input error"
+
+
+class DivergenceError(UserError):
+    """Training produced a non-finite loss, reward, advantage or gradient norm: the stage stops and
+    saves nothing; the message names the step and the quantities."""
+    kind = "training diverged"

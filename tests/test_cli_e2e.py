@@ -251,3 +251,20 @@ def test_a_chat_model_with_lora_through_the_whole_pipeline(cli, tmp_path):
         assert tok.chat_template and tok.eos_token == "<|im_end|>"  # the template travels with every model
         assert AutoModelForCausalLM.from_pretrained(out / "policy").config.model_type == "llama"
         assert "eval/gold/policy" in json.loads((out / "eval_summary.json").read_text())
+
+
+def test_a_diverging_run_stops_with_a_named_error_and_saves_no_policy(cli, tmp_path, tiny_spec):
+    """The reported case: lr 1e3 and no effective gradient clipping used to run on with an infinite
+    gradient norm, exit 0 and save the policy."""
+    spec = tiny_spec(vocab_size=2048, tokenizer_dir=str(tmp_path / "tok"))
+    tok = spec.tokenizer()
+    spec.causal_lm(tok).save_pretrained(tmp_path / "policy")
+    tok.save_pretrained(tmp_path / "policy")
+    proc = cli("stage=align", "experiment=smoke", "reward=gold", "algorithm.policy=policy", "algorithm.lr=1e3",
+               "algorithm.max_grad_norm=1e9", "algorithm.max_steps=6", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "training diverged: align diverged at iteration" in proc.stderr
+    assert "ppo/policy/grad_norm = inf" in proc.stderr or "= nan" in proc.stderr
+    assert not (tmp_path / "outputs/run/policy").exists()
+    _, runs = mlflow_runs(tmp_path)
+    assert [r.info.status for r in runs] == ["FAILED"] and "diverged" in runs[0].data.tags["error"]

@@ -276,3 +276,17 @@ def test_lora_and_gradient_checkpointing_settings_reach_peft_and_the_model(tiny_
     assert any("score" in n for n, p in rm.named_parameters() if p.requires_grad)  # the reward head trains too
     plain = tiny_spec().trainable(tiny_spec().causal_lm(tok))
     assert not hasattr(plain, "peft_config") and not plain.is_gradient_checkpointing  # r 0: full fine-tuning
+
+
+def test_a_non_finite_loss_stops_the_stage_with_the_step_and_the_quantity_named():
+    from rlhf_exp.errors import DivergenceError
+    from rlhf_exp.modules.guard import StopOnNonFinite
+    guard = StopOnNonFinite("sft")
+    trainer = type("T", (), {"global_step": 7, "current_epoch": 1})()
+    guard.on_train_batch_end(trainer, object(), {"loss": torch.tensor(0.5)}, None, 3)   # finite: goes on
+    with pytest.raises(DivergenceError, match=r"sft diverged at step 7 \(epoch 1, batch 3\): loss = nan"):
+        guard.on_train_batch_end(trainer, object(), {"loss": torch.tensor(float("nan"))}, None, 3)
+    ppo = type("M", (), {"iteration": 4})()
+    with pytest.raises(DivergenceError, match="iteration 4: ppo/value/loss = inf"):
+        StopOnNonFinite("align").on_train_batch_end(trainer, ppo, {"ppo/value/loss": float("inf"),
+                                                                    "ppo/kl/ref": 0.1}, None, 0)

@@ -217,6 +217,7 @@ class PPOModule(pl.LightningModule):
                       prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=len(exp))
         self.timings.append({"rollout_s": t1 - t0, "update_s": t2 - t1, "width": exp.response.shape[1]})
         self.after_iteration(stats["ppo/reward/score_mean"])
+        return stats  # checked by the stage's StopOnNonFinite callback
 
     def after_iteration(self, score_mean: float) -> None:
         """Count the iteration; stop at max_steps or when the moving average of the score reaches

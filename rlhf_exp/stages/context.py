@@ -58,12 +58,14 @@ class StageContext:
         return torch.device("cuda", 0) if gpu else torch.device("cpu")
 
     def trainer(self, stage: str, **overrides):
-        """The configured pytorch_lightning.Trainer, logging into this stage's MLflow run and
-        checkpointing (for resuming) under checkpoints/<stage>/ in the run directory."""
+        """The configured pytorch_lightning.Trainer, logging into this stage's MLflow run,
+        checkpointing (for resuming) under checkpoints/<stage>/ in the run directory, and stopping
+        at the first non-finite loss or statistic (`DivergenceError`)."""
         from pytorch_lightning.callbacks import ModelCheckpoint
 
         from rlhf_exp.config import build
-        callbacks = []
+        from rlhf_exp.modules.guard import StopOnNonFinite
+        callbacks = [StopOnNonFinite(stage)]
         if self.cfg.trainer.get("enable_checkpointing", True) and not self.cfg.trainer.get("fast_dev_run"):
             callbacks.append(ModelCheckpoint(dirpath=self.run_dir / "checkpoints" / stage, save_last=True))
         return build(self.cfg.trainer, logger=self.run.lightning_logger(), callbacks=callbacks, **overrides)

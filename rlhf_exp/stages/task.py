@@ -7,7 +7,6 @@ import traceback
 
 from omegaconf import DictConfig
 
-from rlhf_exp.config import ConfigError
 from rlhf_exp.errors import UserError
 
 
@@ -31,7 +30,7 @@ def main(cfg: DictConfig) -> float | None:
         from rlhf_exp.stages.pipeline import run_stages
         return run_stages(cfg, choices, sweep_tags)
     except UserError as err:
-        kind = "config error" if isinstance(err, ConfigError) else "input error"
+        kind = err.kind
         where = f"job {sweep_tags['sweep_job']}: " if sweep_tags else ""
         print(f"{where}{kind}: {err}", file=sys.stderr)
         if not sweep_tags:
