@@ -209,8 +209,10 @@ def test_binary_feedback_file_and_logger_none(cli, tmp_path):
 
 
 def test_multirun_tags_each_job_with_the_sweep_and_goes_on_after_a_failed_job(cli, tmp_path):
-    proc = cli("-m", "stage=prepare", "data.noise=0.1,-1,0.3", "hydra.sweep.dir=outputs/sweep")
+    proc = cli("-m", "stage=prepare", "data.noise=0.1,-1,0.3", "hydra.sweep.dir=outputs/sweep", check=False)
     assert "data.noise = -1.0: expected a value >= 0" in proc.stderr  # job 1 refused, sweep goes on
+    assert proc.returncode == 1 and "1 of 3 jobs failed:\n  job 1 (outputs/sweep/1): config error:" in proc.stderr
+    assert (tmp_path / "outputs/sweep/1/FAILED").is_file() and not (tmp_path / "outputs/sweep/0/FAILED").exists()
     _, runs = mlflow_runs(tmp_path)
     assert len(runs) == 2
     assert {r.data.tags["sweep_id"] for r in runs} == {"outputs/sweep"}

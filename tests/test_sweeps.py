@@ -22,8 +22,10 @@ def test_clip_sweep_reuses_earlier_stages_records_each_job_and_compares(cli, tmp
     # two clip_eps × two policies, one of which is a file that is not a model: jobs 1 and 3 fail at run time
     proc = cli("-m", f"--config-dir={ROOT / 'sweeps'}", "--config-name=ppo_clip", "experiment=smoke",
                "reuse=outputs/base", "hydra.sweep.dir=outputs/sweep",
-               "algorithm.clip_eps=0.1,0.3", "algorithm.policy=outputs/base/sft,outputs/base/pairs.jsonl")
+               "algorithm.clip_eps=0.1,0.3", "algorithm.policy=outputs/base/sft,outputs/base/pairs.jsonl",
+               check=False)
     assert "job 1 failed" in proc.stderr and "job 3 failed" in proc.stderr  # and the sweep went on
+    assert proc.returncode == 1 and "2 of 4 jobs failed" in proc.stderr  # and says so at the end
 
     client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
     jobs = pipeline_runs(client, sweep_id="outputs/sweep")
