@@ -2,6 +2,7 @@
 read with every bad line named (`FileError`)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -19,12 +20,24 @@ class FileError(UserError):
         super().__init__(f"{source}: {len(problems)} bad line(s); nothing was written\n{shown}")
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically: to a temporary name beside it, then renamed over it."""
-    path = Path(path)
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator:
+    """A text file written under a temporary name beside `path`, renamed over it when complete; on
+    an error the temporary file is removed and `path` is left as it was."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            yield fh
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    path = Path(path)
+    with _atomic(path) as fh:
+        fh.write(text)
     return path
 
 
@@ -36,13 +49,24 @@ def _jsonable(obj):
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    """One JSON object per line, atomically."""
-    return write_text(path, "".join(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n"
-                                    for row in rows))
+    """One JSON object per line, atomically, streamed row by row."""
+    path = Path(path)
+    with _atomic(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
+    return path
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable) + "\n")
+
+
+def open_input(path: str | os.PathLike):
+    """An input file opened for reading, or a FileError that it is missing (with the path resolved)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileError(str(path), [f"no such file (resolved to {path.resolve()})"])
+    return path.open(encoding="utf-8")
 
 
 def json_objects(lines: Iterable[str], problems: list[str]) -> Iterator[tuple[int, dict]]:
@@ -65,11 +89,8 @@ def read_jsonl(path: str | os.PathLike, parse: Callable[[dict, list[str]], objec
     """Every line of a JSONL file through `parse(obj, problems)`, which returns a record or adds
     sentences to `problems`; raises one FileError naming every bad line, or that the file is
     missing or empty."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileError(str(path), [f"no such file (resolved to {path.resolve()})"])
     records, problems = [], []
-    with path.open(encoding="utf-8") as fh:
+    with open_input(path) as fh:
         for lineno, obj in json_objects(fh, problems):
             line_problems: list[str] = []
             record = parse(obj, line_problems)

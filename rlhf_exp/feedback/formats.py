@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable
 
 from rlhf_exp.feedback.prompts import Prompt, check_prompt
-from rlhf_exp.files import FileError, check_str, json_objects, read_jsonl
+from rlhf_exp.files import FileError, check_str, json_objects, open_input, read_jsonl
 
 FLAG = "F"  # a labeler's mark for a nonsensical, confusing or irrelevant completion
 
@@ -184,7 +183,7 @@ def parse_lines(lines: Iterable[str], source: str = "<feedback>") -> Feedback:
 
 def load_feedback(path: str | os.PathLike) -> Feedback:
     """A feedback file of any kind, every line checked."""
-    with _open(path) as fh:
+    with open_input(path) as fh:
         return parse_lines(fh, source=str(path))
 
 
@@ -225,13 +224,6 @@ def load_demonstrations(path: str | os.PathLike) -> list[dict]:
 def load_heldout(path: str | os.PathLike) -> list[tuple[str, list[str]]]:
     """Held-out completion sets as collect writes them ({"prompt", "completions"} per line), checked."""
     return read_jsonl(path, _parse_heldout)
-
-
-def _open(path: str | os.PathLike):
-    path = Path(path)
-    if not path.is_file():
-        raise FileError(str(path), [f"no such file (resolved to {path.resolve()})"])
-    return path.open(encoding="utf-8")
 
 
 def ranked_to_json(s: RankedSet) -> dict:
