@@ -238,6 +238,29 @@ def test_dpo_is_one_override_away(cli, tmp_path):
     assert "align (dpo, sigmoid, beta 0.5)" in proc.stdout and "== before (reference) and after" in proc.stdout
 
 
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_critic_free_algorithms_are_one_override_away(cli, tmp_path, algorithm):
+    proc = cli("experiment=smoke", f"algorithm={algorithm}")
+    client, runs = mlflow_runs(tmp_path)
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
+    assert list(children) == ["sft", "collect", "prepare", "reward_model", "align", "eval"]
+    assert all(r.data.tags["algorithm"] == algorithm and r.info.status == "FINISHED" for r in runs)
+    align = children["align"]
+    history = client.get_metric_history(align.info.run_id, f"{algorithm}/reward/score_mean")
+    assert [m.step for m in history] == [0, 1]  # one point per iteration (smoke: 2)
+    assert {f"{algorithm}/kl/ref", f"{algorithm}/policy/clipfrac", f"{algorithm}/reward/group_std",
+            f"{algorithm}/advantages/abs_mean", "align/perf/seconds"} <= set(align.data.metrics)
+    assert not any(k.startswith("ppo/") for k in align.data.metrics)
+    assert align.data.params["algorithm.group_size"] == "2"
+    run_dir = tmp_path / "outputs/run"
+    assert len(read_jsonl(run_dir / f"{algorithm}_samples.jsonl")) == 8  # 4 per iteration
+    assert (run_dir / "checkpoints/align/last.ckpt").is_file()
+    from transformers import AutoModelForCausalLM
+    assert AutoModelForCausalLM.from_pretrained(run_dir / "policy").config.n_embd == 32
+    assert {"eval/gold/policy", "eval/win_rate", "eval/kl/policy_ref"} <= set(children["eval"].data.metrics)
+    assert f"align ({algorithm}): 2 iterations" in proc.stdout
+
+
 def test_a_chat_model_with_lora_through_the_whole_pipeline(cli, tmp_path):
     """The tiny Llama with a chat template, LoRA in every trained stage, PPO then DPO."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -9,6 +9,8 @@ import pytorch_lightning as pl
 import torch
 
 import rlhf_exp.modules.dpo as dpo_module
+import rlhf_exp.modules.grpo as grpo_module
+import rlhf_exp.modules.pg as pg_module
 import rlhf_exp.modules.ppo as ppo_module
 import rlhf_exp.modules.reward as reward_module
 from rlhf_exp.core.kl import kl_k1, kl_k3
@@ -67,8 +69,8 @@ def run_ppo(tiny, monkeypatch, **overrides):
     spec, tok = tiny
     s = settings("algorithm", "ppo", **{**PPO_KNOBS, **overrides})
     spies = {name: spy(monkeypatch, ppo_module, name) for name in
-             ("policy_loss", "value_loss", "total_loss", "shape_rewards", "gae", "masked_whiten", "clip_grad_norm",
-              "generate", "rollout_logprobs")}
+             ("policy_loss", "value_loss", "total_loss", "shape_rewards", "gae", "masked_whiten", "rollout_logprobs")}
+    spies.update({name: spy(monkeypatch, pg_module, name) for name in ("clip_grad_norm", "generate")})
     kl = {k: Spy(f) for k, f in (("k1", kl_k1), ("k3", kl_k3))}
     monkeypatch.setattr(ppo_module, "KL_ESTIMATORS", kl)
     torch.manual_seed(0)
@@ -113,9 +115,97 @@ def test_ppo_switches_reach_the_math(tiny, monkeypatch):
     assert len(kl["k1"].calls) == 1 and not kl["k3"].calls
     assert spies["shape_rewards"].calls[0]["scores"].tolist() == [5.0] * 6  # no penalty: every score kept
     ctl = module.kl_ctl
-    assert isinstance(ctl, ppo_module.AdaptiveKLController) and (ctl.target, ctl.horizon) == (2.5, 77)
+    assert isinstance(ctl, pg_module.AdaptiveKLController) and (ctl.target, ctl.horizon) == (2.5, 77)
     # the first minibatch has KL 0 to the rollout policy, the second has moved past 1e-9: stop there
     assert len(spies["policy_loss"].calls) == 2
+
+
+# -- GRPO and RLOO ------------------------------------------------------------------------------
+
+class IndexReward:
+    """Scores 0, 1, 2, … in batch order: every group has distinct scores."""
+
+    def score(self, prompts, completions):
+        return torch.arange(len(prompts), dtype=torch.float32)
+
+
+GROUP_KNOBS = dict(temperature=0.9, max_new_tokens=7, lr=3.1e-4, max_grad_norm=0.77, ppo_epochs=3, minibatches=2,
+                   batch_size=6, group_size=3, clip_eps=0.17, norm_len=11, loss_agg="seq_mean_token_sum_norm",
+                   missing_eos_penalty=None, max_steps=1, sample_every=1, n_samples=5)
+
+
+def run_group(tiny, monkeypatch, algorithm, **overrides):
+    spec, tok = tiny
+    s = settings("algorithm", algorithm, **{**GROUP_KNOBS, **overrides})
+    spies = {name: spy(monkeypatch, grpo_module, name) for name in
+             ("policy_loss", "reinforce_loss", "aggregate_loss", "group_advantages", "rloo_advantages",
+              "sequence_rewards", "rollout_logprobs")}
+    spies.update({name: spy(monkeypatch, pg_module, name) for name in ("clip_grad_norm", "generate")})
+    kl = {k: Spy(f) for k, f in (("k1", kl_k1), ("k3", kl_k3))}
+    monkeypatch.setattr(grpo_module, "KL_ESTIMATORS", kl)
+    torch.manual_seed(0)
+    lm = spec.causal_lm(tok)
+    module = grpo_module.GroupModule(lm, copy.deepcopy(lm), tok, IndexReward(), s)
+    trainer().fit(module, datamodule=PromptDataModule(PROMPTS, tok, s.batch_size // s.group_size, seed=0))
+    return module, spies, kl
+
+
+def assert_shared_knobs(module, spies, k):
+    n_updates = k["ppo_epochs"] * k["minibatches"]
+    gen = spies["generate"].calls[0]
+    assert (gen["temperature"], gen["max_new_tokens"], gen["n"], len(gen["prompt_ids"])) == (0.9, 7, 3, 2)
+    assert spies["rollout_logprobs"].values("temperature") == [0.9]
+    assert spies["clip_grad_norm"].values("max_norm") == [k["max_grad_norm"]] * n_updates
+    opt = module.optimizers().optimizer
+    assert opt.param_groups[0]["lr"] == k["lr"] and opt.param_groups[0]["eps"] == 1e-5
+    assert len(module.samples) == k["n_samples"]
+
+
+def test_every_grpo_knob_reaches_the_math(tiny, monkeypatch):
+    module, spies, kl = run_group(tiny, monkeypatch, "grpo", beta=0.037, scale_by_std=False, std_eps=0.3)
+    k, n_updates = GROUP_KNOBS, GROUP_KNOBS["ppo_epochs"] * GROUP_KNOBS["minibatches"]
+    assert_shared_knobs(module, spies, k)
+    adv = spies["group_advantages"].calls
+    assert [(c["group_size"], c["scale_by_std"], c["eps"]) for c in adv] == [(3, False, 0.3)]
+    assert adv[0]["scores"].tolist() == [0, 1, 2, 3, 4, 5]  # the KL is in the loss, not in the scores
+    assert not spies["sequence_rewards"].calls and not spies["reinforce_loss"].calls
+    pl_calls = spies["policy_loss"].calls
+    assert [(c["clip_eps"], c["agg"], c["norm_len"]) for c in pl_calls] == [(0.17, "seq_mean_token_sum_norm", 11)] * n_updates
+    assert [len(c["logp"]) for c in pl_calls] == [3, 3] * k["ppo_epochs"]  # B / minibatches rows
+    # β·KL(k3, the default) in the loss of every minibatch, aggregated the same way
+    assert [(c["mode"], c["norm_len"]) for c in spies["aggregate_loss"].calls] == [("seq_mean_token_sum_norm", 11)] * n_updates
+    assert len(kl["k3"].calls) == 1 + n_updates and not kl["k1"].calls
+    total = module.trainer.callback_metrics
+    assert float(total["grpo/loss/total"]) == pytest.approx(
+        float(total["grpo/policy/loss"]) + 0.037 * float(total["grpo/loss/kl"]), abs=1e-6)
+    assert float(total["grpo/kl/coef"]) == pytest.approx(0.037)
+
+
+def test_grpo_kl_in_the_reward(tiny, monkeypatch):
+    _, spies, kl = run_group(tiny, monkeypatch, "grpo", beta=0.037, kl_penalty="reward", kl_estimator="k1")
+    assert spies["sequence_rewards"].values("kl_coef") == [0.037]
+    sr = spies["sequence_rewards"].calls[0]  # the group baseline reads the scores with the KL in them
+    expected = sr["scores"] - 0.037 * (sr["kl"] * sr["mask"]).sum(1)
+    assert torch.equal(spies["group_advantages"].calls[0]["scores"], expected)
+    assert not spies["aggregate_loss"].calls            # no KL term in the loss
+    assert len(kl["k1"].calls) == 1 and not kl["k3"].calls
+
+
+@pytest.mark.parametrize("loss", ["reinforce", "clipped"])
+def test_every_rloo_knob_reaches_the_math(tiny, monkeypatch, loss):
+    module, spies, kl = run_group(tiny, monkeypatch, "rloo", loss=loss, kl_coef=0.061, kl_estimator="k3",
+                                  kl_controller="adaptive", kl_target=2.5, kl_horizon=77)
+    k, n_updates = GROUP_KNOBS, GROUP_KNOBS["ppo_epochs"] * GROUP_KNOBS["minibatches"]
+    assert_shared_knobs(module, spies, k)
+    assert spies["sequence_rewards"].values("kl_coef") == [0.061]
+    assert spies["rloo_advantages"].values("group_size") == [3] and not spies["group_advantages"].calls
+    assert len(kl["k3"].calls) == 1 and not kl["k1"].calls
+    used, unused = ("reinforce_loss", "policy_loss") if loss == "reinforce" else ("policy_loss", "reinforce_loss")
+    assert [(c["agg"], c["norm_len"]) for c in spies[used].calls] == [("seq_mean_token_sum_norm", 11)] * n_updates
+    assert not spies[unused].calls
+    if loss == "clipped":
+        assert spies["policy_loss"].values("clip_eps") == [0.17] * n_updates
+    assert (module.kl_ctl.target, module.kl_ctl.horizon) == (2.5, 77)
 
 
 # -- DPO -----------------------------------------------------------------------------------------

@@ -14,6 +14,29 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim)
 
 
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
+                   norm_len: int | None = None) -> torch.Tensor:
+    """A per-token loss (B, T) reduced to a scalar over the mask:
+
+    - token_mean: Σ x·m / Σ m (every token of the batch weighs the same; PPO);
+    - seq_mean_token_mean: the mean over sequences of each sequence's token mean (GRPO as published:
+      every sequence weighs the same, so a long response's tokens weigh less);
+    - seq_mean_token_sum_norm: Σ x·m / (B · norm_len), norm_len defaulting to T (Dr. GRPO: a constant
+      normaliser, no length bias).
+    """
+    m = mask.to(per_token.dtype)
+    if mode == "token_mean":
+        return (per_token * m).sum() / m.sum()
+    if mode == "seq_mean_token_mean":
+        return ((per_token * m).sum(1) / m.sum(1)).mean()
+    if mode == "seq_mean_token_sum_norm":
+        return (per_token * m).sum() / (per_token.shape[0] * (per_token.shape[1] if norm_len is None else norm_len))
+    raise ValueError(f"aggregation mode {mode!r}: expected one of {', '.join(AGGREGATIONS)}")
+
+
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
     """Variance of the masked entries (Bessel-corrected by default). x, mask: (B, T) -> scalar."""
     mean = masked_mean(x, mask)

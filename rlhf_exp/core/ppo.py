@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_exp.core.ops import masked_mean
+from rlhf_exp.core.ops import aggregate_loss, masked_mean
 
 
 def response_mask(response: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,8 +65,10 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, clip_eps: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate: masked_mean(max(−A·ratio, −A·clip(ratio, 1−ε, 1+ε))), ratio = exp(logp − old).
+                mask: torch.Tensor, clip_eps: float, agg: str = "token_mean",
+                norm_len: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate: aggregate(max(−A·ratio, −A·clip(ratio, 1−ε, 1+ε))), ratio = exp(logp − old);
+    `agg`, `norm_len`: how the per-token loss is reduced (`ops.aggregate_loss`; PPO: token_mean).
 
     logp (with grad), old_logp, advantages, mask: (B, T). Stats: clipfrac (share of tokens where
     the clipped term is the larger), approx_kl (k3 estimate of KL(old ‖ new)), ratio mean.
@@ -75,7 +77,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = aggregate_loss(torch.maximum(unclipped, clipped), mask, agg, norm_len)
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask),
                  "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
@@ -92,7 +94,7 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     0 when the returns do not vary: there is nothing to explain)."""
     clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
     err, err_clipped = (values - returns) ** 2, (clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    loss = 0.5 * aggregate_loss(torch.maximum(err, err_clipped), mask, "token_mean")
     with torch.no_grad():
         resid = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
         var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)

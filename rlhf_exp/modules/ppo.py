@@ -6,9 +6,7 @@ Phase 2: `ppo_epochs` passes over shuffled minibatches of clipped policy and val
 """
 from __future__ import annotations
 
-import math
 import time
-from statistics import mean
 from typing import Annotated, Literal
 
 import pydantic
@@ -19,11 +17,10 @@ from pydantic import Field
 from rlhf_exp.config import schema
 from rlhf_exp.core.kl import KL_ESTIMATORS
 from rlhf_exp.core.ops import entropy_from_logits, logprobs_from_logits, masked_mean, masked_whiten
-from rlhf_exp.core.ppo import (AdaptiveKLController, FixedKLController, gae, policy_loss, shape_rewards,
-                               total_loss, value_loss)
-from rlhf_exp.modules.metrics import to_floats
-from rlhf_exp.modules.optim import adamw, clip_grad_norm
-from rlhf_exp.models.generation import generate
+from rlhf_exp.core.ppo import gae, policy_loss, shape_rewards, total_loss, value_loss
+from rlhf_exp.modules.optim import adamw
+from rlhf_exp.modules.pg import (InvariantError, check_first_minibatch, kl_controller, load_loop_state,  # noqa: F401
+                                 log_iteration, loop_state, sample_rows, sample_scored, stop_reason, update_epochs)
 from rlhf_exp.modules.rollout import Experience, rollout_logprobs
 
 
@@ -73,10 +70,6 @@ class PPOSettings:
         return self
 
 
-class InvariantError(AssertionError):
-    """The first minibatch of an iteration saw a policy that differs from the rollout policy."""
-
-
 class PPOModule(pl.LightningModule):
     def __init__(self, actor_critic, ref_lm, tokenizer, reward, s: PPOSettings, seed: int = 0):
         """actor_critic: ActorCritic; ref_lm: the starting policy, frozen (`models.training.reference`); reward: has
@@ -86,8 +79,7 @@ class PPOModule(pl.LightningModule):
         self.policy, self.ref, self.tokenizer, self.reward, self.s = actor_critic, ref_lm, tokenizer, reward, s
         if isinstance(ref_lm, torch.nn.Module):  # a copy (a LoRA policy's reference is itself, adapters off)
             ref_lm.requires_grad_(False)
-        self.kl_ctl = AdaptiveKLController(s.kl_coef, s.kl_target, s.kl_horizon) \
-            if s.kl_controller == "adaptive" else FixedKLController(s.kl_coef)
+        self.kl_ctl = kl_controller(s)
         self.kl_estimator = KL_ESTIMATORS[s.kl_estimator]
         self.shuffle = torch.Generator().manual_seed(seed)
         self.iteration = 0
@@ -113,11 +105,7 @@ class PPOModule(pl.LightningModule):
     @torch.no_grad()
     def experience(self, batch) -> tuple[Experience, dict]:
         s = self.s
-        roll = generate(self.policy.lm, self.tokenizer, batch["input_ids"], batch["attention_mask"],
-                        max_new_tokens=s.max_new_tokens, temperature=s.temperature)
-        scores = self.reward.score(batch["prompts"], roll.texts).to(self.device).float()     # (B,)
-        if s.missing_eos_penalty is not None:  # a response cut off before EOS gets a fixed score
-            scores = torch.where(roll.has_eos, scores, torch.full_like(scores, s.missing_eos_penalty))
+        roll, prompts, scores = sample_scored(self.policy.lm, self.tokenizer, self.reward, batch, s)  # scores (B,)
         logits, values = self.policy(roll.input_ids, roll.attention_mask, roll.n_response, s.temperature)
         logprobs = logprobs_from_logits(logits, roll.response)                              # (B, T)
         ref_logprobs = rollout_logprobs(self.ref, roll, s.temperature)                    # (B, T)
@@ -129,8 +117,8 @@ class PPOModule(pl.LightningModule):
         advantages, returns = gae(rewards, values, mask, s.gamma, s.lam)
         if s.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
-        exp = Experience(roll.input_ids, roll.attention_mask, roll.response, mask, logprobs, values,
-                         advantages, returns)
+        exp = Experience(roll.input_ids, roll.attention_mask, roll.response, mask, logprobs, advantages,
+                         values=values, returns=returns)
         stats = {"ppo/reward/score_mean": scores.mean(), "ppo/reward/score_std": scores.std(correction=0),
                  "ppo/reward/total_mean": reward_stats["total"], "ppo/kl/ref": kl.sum(1).mean(),
                  "ppo/kl/coef": torch.tensor(float(self.kl_ctl.value)),
@@ -140,8 +128,7 @@ class PPOModule(pl.LightningModule):
         if s.ent_coef == 0:  # the rollout policy's entropy (with a bonus, the update's is logged)
             stats["ppo/policy/entropy"] = masked_mean(entropy_from_logits(logits), mask)
         if s.sample_every and self.iteration % s.sample_every == 0:
-            self.samples += [{"iteration": self.iteration, "prompt": p, "response": t, "score": float(sc)}
-                             for p, t, sc in zip(batch["prompts"], roll.texts, scores.tolist())][:s.n_samples]
+            self.samples += sample_rows(self.iteration, prompts, roll.texts, scores, s.n_samples)
         return exp, stats
 
     # -- phase 2 -------------------------------------------------------------------------------
@@ -165,72 +152,29 @@ class PPOModule(pl.LightningModule):
 
     def check_invariants(self, logp: torch.Tensor, mb: Experience, stats: dict) -> None:
         """Before any update of this iteration the policy is the rollout policy: ratio 1, KL 0."""
-        tol = 1e-4 if logp.dtype == torch.float32 and self.policy.lm.dtype == torch.float32 else 2e-2
-        max_log_ratio = ((logp - mb.logprobs).abs() * mb.mask).max().item()
-        approx_kl = stats["ppo/policy/approx_kl"].item()
-        if max_log_ratio > tol or abs(approx_kl) > tol:
-            raise InvariantError(
-                f"PPO invariant broken at iteration {self.iteration}: on the first minibatch of the first "
-                f"epoch the ratio must be 1 and the KL to the rollout policy 0, but max |log ratio| = "
-                f"{max_log_ratio:.2e} and approx_kl = {approx_kl:.2e} (tolerance {tol:g}). Rollout and "
-                f"update see different inputs or models (padding, position ids, dropout, temperature).")
-
-    def update(self, exp: Experience) -> tuple[dict, int]:
-        """ppo_epochs × minibatches of clipped updates; stops early past target_kl.
-        Returns the stats averaged over the minibatches that ran, and the number of epochs."""
-        s, opt = self.s, self.optimizers()
-        size = math.ceil(len(exp) / s.minibatches)
-        stats, epochs, past_target = [], 0, False
-        while epochs < s.ppo_epochs and not past_target:
-            order = torch.randperm(len(exp), generator=self.shuffle).to(exp.input_ids.device)
-            for k, rows in enumerate(order.split(size)):
-                mb = exp[rows]
-                loss, mb_stats, logp = self.minibatch_loss(mb)
-                if s.check_invariants and epochs == 0 and k == 0:
-                    self.check_invariants(logp, mb, mb_stats)
-                opt.zero_grad()
-                self.manual_backward(loss)
-                mb_stats["ppo/policy/grad_norm"] = clip_grad_norm(self.trained, s.max_grad_norm)
-                opt.step()
-                stats.append(mb_stats)
-                past_target = s.target_kl is not None and mb_stats["ppo/policy/approx_kl"].item() > s.target_kl
-                if past_target:
-                    break
-            epochs += 1
-        return {k: torch.stack([d[k] for d in stats]).mean() for k in stats[0]}, epochs
+        exact = logp.dtype == torch.float32 and self.policy.lm.dtype == torch.float32
+        check_first_minibatch("PPO", self.iteration, logp, mb.logprobs, mb.mask,
+                              stats["ppo/policy/approx_kl"].item(), exact)
 
     # -- one iteration -------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         t0 = time.perf_counter()
         exp, stats = self.experience(batch)
         t1 = time.perf_counter()
-        update_stats, epochs = self.update(exp)
+        update_stats, epochs = update_epochs(self, exp, self.minibatch_loss, self.s, "ppo", self.shuffle,
+                                             self.check_invariants if self.s.check_invariants else None)
         t2 = time.perf_counter()
         self.kl_ctl.update(stats["ppo/kl/ref"].item(), len(exp))
-        tokens = exp.mask.sum().item()
-        stats.update(update_stats)
-        stats.update({"ppo/update/epochs": float(epochs), "ppo/perf/rollout_s": t1 - t0,
-                      "ppo/perf/update_s": t2 - t1, "ppo/perf/tokens_per_s": tokens / (t2 - t0)})
-        stats = to_floats(stats)
-        self.log_dict(stats, on_step=True, on_epoch=False, batch_size=len(exp))
-        self.log_dict({"score": stats["ppo/reward/score_mean"], "kl": stats["ppo/kl/ref"]},
-                      prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=len(exp))
-        self.timings.append({"rollout_s": t1 - t0, "update_s": t2 - t1, "width": exp.response.shape[1]})
+        stats = log_iteration(self, "ppo", {**stats, **update_stats}, exp, epochs, t0, t1, t2)
         self.after_iteration(stats["ppo/reward/score_mean"])
         return stats  # checked by the stage's StopOnNonFinite callback
 
     def after_iteration(self, score_mean: float) -> None:
         """Count the iteration; stop at max_steps or when the moving average of the score reaches
         reward_threshold."""
-        s = self.s
         self.iteration += 1
         self.score_means.append(score_mean)
-        recent = self.score_means[-s.threshold_window:]
-        if s.reward_threshold is not None and len(recent) == s.threshold_window \
-                and mean(recent) >= s.reward_threshold:
-            self.stop_reason = f"moving-average score {mean(recent):.3f} >= reward_threshold {s.reward_threshold}"
-        elif self.iteration >= s.max_steps:
-            self.stop_reason = f"max_steps ({s.max_steps}) reached"
+        self.stop_reason = stop_reason(self.score_means, self.iteration, self.s)
         if self.stop_reason:
             self.trainer.should_stop = True
 
@@ -240,12 +184,7 @@ class PPOModule(pl.LightningModule):
 
     # -- resuming ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["ppo"] = {"iteration": self.iteration, "kl_coef": self.kl_ctl.value,
-                             "score_means": self.score_means, "samples": self.samples,
-                             "shuffle": self.shuffle.get_state()}
+        checkpoint["ppo"] = loop_state(self)
 
     def on_load_checkpoint(self, checkpoint):
-        state = checkpoint["ppo"]
-        self.iteration, self.kl_ctl.value = state["iteration"], state["kl_coef"]
-        self.score_means, self.samples = state["score_means"], state["samples"]
-        self.shuffle.set_state(state["shuffle"])
+        load_loop_state(self, checkpoint["ppo"])

@@ -1,4 +1,4 @@
-"""PPO's experience: what the update reads of a rollout (old log-probs and values, advantages,
+"""Experience: what an update reads of a rollout (old log-probs, advantages; for PPO values and
 returns), and the log-probs of a rollout under another model (the reference)."""
 from __future__ import annotations
 
@@ -13,19 +13,22 @@ from rlhf_exp.models.value import response_logits
 
 @dataclass
 class Experience:
-    """A rollout with everything the PPO update reads; (B, T) unless noted."""
+    """A rollout with everything an update reads; (B, T) unless noted. PPO fills the value fields;
+    the critic-free algorithms leave them None (GRPO keeps the reference log-probs for its KL loss)."""
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     response: torch.Tensor
     mask: torch.Tensor
-    logprobs: torch.Tensor         # log π_old(token), tempered
-    values: torch.Tensor           # V_old
-    advantages: torch.Tensor       # whitened (when configured)
-    returns: torch.Tensor
+    logprobs: torch.Tensor                    # log π_old(token), tempered
+    advantages: torch.Tensor                  # per token (whitened when configured)
+    values: torch.Tensor | None = None        # V_old
+    returns: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None  # log π_ref(token), tempered
 
     def __getitem__(self, rows) -> "Experience":
         """The rows of a minibatch."""
-        return Experience(*(getattr(self, f.name)[rows] for f in fields(self)))
+        return Experience(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
+                             for f in fields(self)})
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

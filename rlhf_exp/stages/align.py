@@ -1,13 +1,16 @@
-"""`stage=align`: fine-tune the policy with the algorithm the `algorithm` group built (PPOSettings or
-DPOSettings); either way the aligned policy is saved with save_pretrained to policy/, which `eval` reads."""
+"""`stage=align`: fine-tune the policy with the algorithm the `algorithm` group built (PPO, DPO,
+GRPO or RLOO settings); either way the aligned policy is saved with save_pretrained to policy/, which
+`eval` reads."""
 from __future__ import annotations
 
 from rlhf_exp.modules.dpo import DPOSettings
+from rlhf_exp.modules.grpo import GRPOSettings, RLOOSettings
 from rlhf_exp.modules.ppo import PPOSettings
-from rlhf_exp.stages import dpo, ppo
+from rlhf_exp.stages import dpo, grpo, ppo
 from rlhf_exp.stages.context import StageContext
 
-ALGORITHMS = {PPOSettings: ppo.run, DPOSettings: dpo.run}  # the settings' type says which algorithm runs
+# the settings' type says which algorithm runs
+ALGORITHMS = {PPOSettings: ppo.run, DPOSettings: dpo.run, GRPOSettings: grpo.run, RLOOSettings: grpo.run}
 
 
 def run(ctx: StageContext) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 SHOWN = ["eval/gold/policy", "eval/reward/policy", "eval/kl/policy_ref", "eval/toxicity/policy",
          "eval/win_rate"]
-CURVES = {"ppo": "ppo/reward/score_mean", "dpo": "dpo/rewards/margin"}  # learning curve per algorithm
+CURVES = {"ppo": "ppo/reward/score_mean", "dpo": "dpo/rewards/margin", "grpo": "grpo/reward/score_mean",
+          "rloo": "rloo/reward/score_mean"}  # learning curve per algorithm
 NOT_SWEPT = ("paths.", "hydra", "logger.", "reuse", "trainer.default_root_dir",
              "model.tokenizer_dir")  # where things are, not knobs
 

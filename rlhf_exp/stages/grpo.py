@@ -1,0 +1,31 @@
+"""`stage=align` with `algorithm=grpo` or `algorithm=rloo`: fine-tune the policy against the reward
+with a group baseline and no critic; the aligned policy is saved to policy/ with save_pretrained."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+from rlhf_exp.files import write_jsonl
+from rlhf_exp.models.training import reference
+from rlhf_exp.modules.data import PromptDataModule
+from rlhf_exp.modules.grpo import GroupModule, GRPOSettings, RLOOSettings
+from rlhf_exp.stages.context import StageContext
+
+
+def run(ctx: StageContext, s: GRPOSettings | RLOOSettings) -> None:
+    pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
+    spec = ctx.model_spec(s.policy, "policy")
+    tokenizer = spec.tokenizer()
+    lm = spec.trainable(spec.causal_lm(tokenizer))   # LoRA adapters when model.lora_r > 0
+    module = GroupModule(lm, reference(lm), tokenizer, ctx.reward_source(), s, seed=ctx.cfg.seed)
+    # each batch: batch_size / group_size prompts, each answered group_size times
+    dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size // s.group_size, ctx.cfg.seed)
+    # manual optimisation clips its own gradients (algorithm.max_grad_norm); log every iteration
+    trainer = ctx.trainer("align", max_epochs=-1, gradient_clip_val=None, log_every_n_steps=1)
+    trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path)
+
+    ctx.save_pretrained("aligned_policy", "policy", lm, tokenizer)
+    if module.samples:
+        ctx.save(f"{module.prefix}_samples", write_jsonl(ctx.run_dir / f"{module.prefix}_samples.jsonl", module.samples))
+        ctx.run.log_table(module.samples, f"{module.prefix}_samples_table.json")
+    print(f"align ({module.prefix}): {module.iteration} iterations, stopped: {module.stop_reason or 'end of fit'}; "
+          f"last score {module.score_means[-1] if module.score_means else float('nan'):.3f}")
