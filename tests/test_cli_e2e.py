@@ -1,5 +1,6 @@
 """`rlhf-exp` end to end on the synthetic world and on files: outputs, exit codes, MLflow records."""
 import json
+import math
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -94,8 +95,12 @@ def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path):
 
     ev = children["eval"].data.metrics
     keys = ["eval/reward/ref", "eval/reward/policy", "eval/gold/ref", "eval/gold/policy",
-            "eval/toxicity/ref", "eval/toxicity/policy", "eval/kl/policy_ref", "eval/win_rate"]
+            "eval/toxicity/ref", "eval/toxicity/policy", "eval/kl/policy_ref", "eval/win_rate",
+            "eval/reward/bon", "eval/gold/bon", "eval/toxicity/bon", "eval/kl/bon_ref", "eval/kl/bon_bound"]
     assert set(keys) <= set(ev) and 0 <= ev["eval/win_rate"] <= 1
+    # best-of-2 (smoke): the reward model picks, so its reward beats the reference's; KL within the bound
+    assert ev["eval/reward/bon"] > ev["eval/reward/ref"]
+    assert 0 <= ev["eval/kl/bon_ref"] <= ev["eval/kl/bon_bound"] and ev["eval/kl/bon_bound"] == pytest.approx(math.log(2) - 0.5)
     summary = json.loads((run_dir / "eval_summary.json").read_text())
     n_heldout = len(World(seed=0, heldout_fraction=0.2).heldout_prompts)
     assert summary["responses_per_policy"] == 2 * n_heldout and summary["eval/win_rate"] == ev["eval/win_rate"]

@@ -324,13 +324,21 @@ def test_collect_settings_reach_the_sampler(tmp_path, policy_dir, monkeypatch):
 def test_eval_settings_reach_the_sampler(tmp_path, policy_dir, monkeypatch):
     import rlhf_exp.stages.eval as eval_stage
     gen = spy(monkeypatch, eval_stage, "generate")
+    ratio, bound = spy(monkeypatch, eval_stage, "best_of_n_log_ratio"), spy(monkeypatch, eval_stage, "best_of_n_kl_bound")
     ctx = stage_context(tmp_path, f"eval.policy={policy_dir}", f"eval.reference={policy_dir}", "reward=gold",
                         "eval.temperature=0.6", "eval.max_new_tokens=4", "eval.batch_size=5",
-                        "eval.samples_per_prompt=2")
+                        "eval.samples_per_prompt=2", "eval.best_of_n=3")
     eval_stage.run(ctx)
-    n_rows = 2 * 2 * len(ctx.built["data"].heldout_prompts())         # two policies × 2 samples per prompt
+    n_heldout = len(ctx.built["data"].heldout_prompts())
+    n_rows = (2 + 3) * 2 * n_heldout         # two policies and best-of-3 (3 samples each) × 2 per prompt
     assert {(c["temperature"], c["max_new_tokens"]) for c in gen.calls} == {(0.6, 4)}
     assert sum(len(c["prompt_ids"]) for c in gen.calls) == n_rows and max(len(c["prompt_ids"]) for c in gen.calls) == 5
+    assert ratio.values("n") == [3] and len(ratio.calls[0]["below"]) == 2 * n_heldout and bound.values("n") == [3]
+
+    gen.calls.clear()
+    eval_stage.run(stage_context(tmp_path, f"eval.policy={policy_dir}", f"eval.reference={policy_dir}", "reward=gold",
+                                 "eval.samples_per_prompt=2", "eval.best_of_n=null", "eval.batch_size=5"))
+    assert sum(len(c["prompt_ids"]) for c in gen.calls) == 2 * 2 * n_heldout and len(ratio.calls) == 1
 
 
 # -- the model group: its dtype reaches every model a stage builds or loads ------------------------

@@ -3,19 +3,24 @@
 Both sample the same number of responses per prompt; the `reward` group scores them, the gold
 scorer too in the synthetic world (gold score and toxicity); the KL of the aligned policy to the
 reference is measured on the aligned policy's own samples; the win rate pairs the i-th response of
-each policy to each prompt and counts a tie as half a win. Writes eval_samples.md (side by side),
+each policy to each prompt and counts a tie as half a win. With `best_of_n`, the best-of-n policy of
+the reference (the reward keeps the best of n of its samples) is scored the same way, with its KL
+to the reference estimated and bounded. Writes eval_samples.md (side by side),
 eval_rewards.png (distributions before and after) and eval_summary.json.
 """
 from __future__ import annotations
 
 import json
+import math
 from statistics import mean
 from typing import Annotated
 
 import pytorch_lightning as pl
+import torch
 from pydantic import Field
 
 from rlhf_exp.config import schema
+from rlhf_exp.core.bon import best_of_n_kl_bound, best_of_n_log_ratio, mass_below
 from rlhf_exp.feedback.sources import gold_scores
 from rlhf_exp.models.generation import encode_prompts, generate, left_pad_collate
 from rlhf_exp.modules.rollout import rollout_logprobs
@@ -31,6 +36,7 @@ class EvalSettings:
     temperature: Annotated[float, Field(gt=0)]
     max_new_tokens: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)]     # responses per generate call
+    best_of_n: Annotated[int, Field(ge=2)] | None  # n of the best-of-n reference policy (null = not reported)
 
 
 def sample_rollouts(lm, tokenizer, prompts: list[str], s: EvalSettings):
@@ -46,6 +52,41 @@ def sequence_kl(policy, ref, rollout, temperature: float) -> list[float]:
     """Σ_t log π(y_t) − log π_ref(y_t) over each of the policy's own responses (EOS included)."""
     diff = rollout_logprobs(policy, rollout, temperature) - rollout_logprobs(ref, rollout, temperature)
     return (diff * rollout.mask).sum(1).tolist()
+
+
+def best_of_n(ref, tokenizer, reward, prompts: list, s: EvalSettings) -> tuple[list[str], list[float], float]:
+    """The best-of-n policy of the reference: for each prompt, `samples_per_prompt` times, n samples of
+    the reference of which the reward keeps the highest (the first of equals). Returns the kept texts
+    (prompt-major, as the other policies' are), their rewards, and the estimate of KL(π_bon ‖ π_ref):
+    the mean over the kept responses of log π_bon/π_ref (`core.bon`). P_ref(r = r(y)) is the
+    reference's own probability of the distinct sampled texts with y's reward; P_ref(r < r(y)) comes
+    from the ranks among the prompt's n·samples_per_prompt samples (`core.bon.mass_below`). The
+    estimate converges to the exact KL as the pool grows (for a continuous reward it is within 5%
+    of log n − (n−1)/n with a pool of 64); it is capped at that bound."""
+    n, k = s.best_of_n, s.samples_per_prompt
+    flat = [p for p in prompts for _ in range(k * n)]
+    texts, logps = [], []
+    for r in sample_rollouts(ref, tokenizer, flat, s):
+        texts += r.texts
+        logps += (rollout_logprobs(ref, r, s.temperature).double() * r.mask).sum(1).tolist()
+    scores = reward.score(flat, texts).tolist()
+    kept, n_below, n_equal, mass = [], [], [], []  # kept: indices of the chosen samples
+    for start in range(0, len(flat), k * n):            # one prompt's pool: k groups of n
+        pool = range(start, start + k * n)
+        levels: dict[float, dict[str, float]] = {}      # reward -> {distinct text: log π_ref}
+        for i in pool:
+            levels.setdefault(scores[i], {})[texts[i]] = logps[i]
+        for group in range(start, start + k * n, n):
+            best = max(range(group, group + n), key=lambda i: (scores[i], -i))  # the first of equals
+            kept.append(best)
+            n_below.append(sum(scores[i] < scores[best] for i in pool))
+            n_equal.append(sum(scores[i] == scores[best] for i in pool))
+            mass.append(sum(math.exp(lp) for lp in levels[scores[best]].values()))
+    f64 = lambda xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
+    below = mass_below(f64(n_below), f64(n_equal), k * n, f64(mass))
+    kl = best_of_n_log_ratio(below, f64(mass), n)
+    # the bound is a theorem; a small pool's estimate can overshoot it (ranks are coarse)
+    return [texts[i] for i in kept], [scores[i] for i in kept], min(float(kl.mean()), best_of_n_kl_bound(n))
 
 
 def reward_plot(path, scores: dict[str, dict[str, list[float]]]) -> None:
@@ -65,11 +106,12 @@ def reward_plot(path, scores: dict[str, dict[str, list[float]]]) -> None:
     plt.close(fig)
 
 
-def side_by_side(prompts, ref, pol, ref_r, pol_r) -> str:
-    lines = ["# Reference vs aligned policy on held-out prompts", ""]
+def side_by_side(prompts, by_policy: dict[str, tuple[list[str], list[float]]]) -> str:
+    """Markdown: each prompt, then each policy's response with its reward."""
+    lines = ["# " + " vs ".join(by_policy) + " on held-out prompts", ""]
     for i, p in enumerate(prompts):
-        lines += [f"## {p}", "", f"- **reference** ({ref_r[i]:+.2f}): {ref[i]}",
-                  f"- **aligned** ({pol_r[i]:+.2f}): {pol[i]}", ""]
+        lines += [f"## {p}", ""]
+        lines += [f"- **{name}** ({r[i]:+.2f}): {t[i]}" for name, (t, r) in by_policy.items()] + [""]
     return "\n".join(lines)
 
 
@@ -95,23 +137,26 @@ def run(ctx: StageContext) -> None:
     reward = ctx.reward_source()
     if hasattr(reward, "to"):
         reward.to(device)
-    rewards = {k: reward.score(flat_prompts, v).tolist() for k, v in texts.items()}
+    rewards, metrics = {k: reward.score(flat_prompts, v).tolist() for k, v in texts.items()}, {}
+    if s.best_of_n:
+        texts["bon"], rewards["bon"], metrics["eval/kl/bon_ref"] = best_of_n(ref, tokenizer, reward, prompts, s)
+        metrics["eval/kl/bon_bound"] = best_of_n_kl_bound(s.best_of_n)
     wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards["policy"], rewards["ref"])]
-    metrics = {f"eval/reward/{k}": mean(v) for k, v in rewards.items()}
+    metrics.update({f"eval/reward/{k}": mean(v) for k, v in rewards.items()})
     metrics.update({"eval/kl/policy_ref": mean(kl), "eval/win_rate": mean(wins)})
-    plotted = {"reward": {"reference": rewards["ref"], "aligned": rewards["policy"]}}
+    names = {"ref": "reference", "policy": "aligned", "bon": f"best-of-{s.best_of_n}"}
+    plotted = {"reward": {names[k]: v for k, v in rewards.items()}}
     if data.simulated:
         gold = {k: [g for gs in gold_scores([(p, [t]) for p, t in zip(flat_prompts, v)]) for g in gs]
                 for k, v in texts.items()}
         for k, gs in gold.items():
             metrics[f"eval/gold/{k}"] = mean(g.overall for g in gs)
             metrics[f"eval/toxicity/{k}"] = mean(g.toxicity for g in gs)
-        plotted["gold score"] = {"reference": [g.overall for g in gold["ref"]],
-                                 "aligned": [g.overall for g in gold["policy"]]}
+        plotted["gold score"] = {names[k]: [g.overall for g in gs] for k, gs in gold.items()}
     ctx.run.log_metrics(metrics)
 
     ctx.save_text("eval_samples", "eval_samples.md",
-                  side_by_side(flat_prompts, texts["ref"], texts["policy"], rewards["ref"], rewards["policy"]))
+                  side_by_side(flat_prompts, {names[k]: (texts[k], rewards[k]) for k in texts}))
     reward_plot(ctx.run_dir / "eval_rewards.png", plotted)
     ctx.save("eval_plot", ctx.run_dir / "eval_rewards.png")
     summary = {"prompts": len(prompts), "responses_per_policy": len(flat_prompts), **metrics}
@@ -120,11 +165,15 @@ def run(ctx: StageContext) -> None:
 
 
 def summary_table(metrics: dict[str, float]) -> str:
-    """Before (reference) and after (aligned) side by side."""
+    """Before (reference) and after (aligned) side by side, and best-of-n when reported."""
     rows = [("reward", "eval/reward"), ("gold score", "eval/gold"), ("toxicity", "eval/toxicity")]
-    lines = [f"{'':12} {'reference':>10} {'aligned':>10}"]
-    lines += [f"{name:12} {metrics[f'{key}/ref']:>10.3f} {metrics[f'{key}/policy']:>10.3f}"
+    cols = [("ref", "reference"), ("policy", "aligned")] + ([("bon", "best-of-n")] if "eval/reward/bon" in metrics else [])
+    lines = [f"{'':12}" + "".join(f" {title:>10}" for _, title in cols)]
+    lines += [f"{name:12}" + "".join(f" {metrics[f'{key}/{c}']:>10.3f}" for c, _ in cols)
               for name, key in rows if f"{key}/ref" in metrics]
     lines.append(f"KL(aligned ‖ reference) {metrics['eval/kl/policy_ref']:.2f} nats per response; "
                  f"win rate (reward model) {metrics['eval/win_rate']:.2f}")
+    if "eval/kl/bon_ref" in metrics:
+        lines.append(f"KL(best-of-n ‖ reference) {metrics['eval/kl/bon_ref']:.2f} nats estimated "
+                     f"(bound log n − (n−1)/n = {metrics['eval/kl/bon_bound']:.2f})")
     return "\n".join(lines)
