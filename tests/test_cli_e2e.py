@@ -266,6 +266,27 @@ def test_critic_free_algorithms_are_one_override_away(cli, tmp_path, algorithm):
     assert f"align ({algorithm}): 2 iterations" in proc.stdout
 
 
+def test_a_classifier_reward_trained_from_thumbs_through_the_pipeline(cli, tmp_path):
+    proc = cli("experiment=smoke", "reward_model.objective=classifier", "reward=classifier")
+    client, runs = mlflow_runs(tmp_path)
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    run_dir = tmp_path / "outputs/run"
+    from rlhf_exp.feedback.world import World
+    thumbs = read_jsonl(run_dir / "thumbs.jsonl")  # collect: a thumbs up or down for each completion
+    assert len(thumbs) == 3 * len(World(seed=0, heldout_fraction=0.2).train_prompts)
+    assert {t["label"] for t in thumbs} == {0, 1} and set(thumbs[0]) == {"prompt", "completion", "label"}
+    from transformers import AutoModelForSequenceClassification
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "reward_model")
+    assert model.config.num_labels == 2 and model.config.id2label == {0: "harmful", 1: "harmless"}
+    rm = children["reward_model"].data.metrics
+    assert {"reward/train/loss", "reward/val/loss", "reward/val/accuracy", "reward/gold/accuracy"} <= set(rm)
+    assert rm["reward/data/thumbs_up"] + rm["reward/data/thumbs_down"] == len(thumbs)
+    assert children["align"].data.params["reward.positive_label"] == "harmless"
+    assert {"eval/reward/policy", "eval/gold/policy"} <= set(children["eval"].data.metrics)
+    assert "reward (classifier 'harmful' / 'harmless')" in proc.stdout
+
+
 def test_a_chat_model_with_lora_through_the_whole_pipeline(cli, tmp_path):
     """The tiny Llama with a chat template, LoRA in every trained stage, PPO then DPO."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -68,8 +68,8 @@ def test_unknown_keys_are_refused_with_a_suggestion():
 def test_wrong_types_and_missing_values_are_refused():
     with pytest.raises(ConfigError, match="data.n_labelers = 'many': expected an integer"):
         validate_config(compose("data.n_labelers=many"))
-    with pytest.raises(ConfigError, match=r"reward.name_or_path: no value given .* reward.name_or_path=\.\.\."):
-        validate_config(compose("reward=classifier", "reward.positive_label=ok"))
+    with pytest.raises(ConfigError, match=r"model.name_or_path: no value given .* model.name_or_path=\.\.\."):
+        validate_config(compose("model=hf"))
     with pytest.raises(ConfigError, match="model.n_embd = 30: expected a multiple of n_head"):
         validate_config(compose("model.n_embd=30"))
 

@@ -1,4 +1,5 @@
-"""Bradley-Terry pairwise loss and reward centering against values computed by hand."""
+"""Bradley-Terry pairwise loss, reward centering and the classifier's cross-entropy against values
+computed by hand."""
 import math
 
 import pytest
@@ -40,3 +41,13 @@ def test_gradient_pushes_chosen_up_and_rejected_down():
 def test_centering_loss_by_hand():
     # (1 + 3)^2 = 16 and (-1 + 0)^2 = 1 -> mean 8.5
     assert centering_loss(torch.tensor([1.0, -1.0]), torch.tensor([3.0, 0.0])).item() == pytest.approx(8.5)
+
+
+def test_classifier_loss_by_hand():
+    from rlhf_exp.core.reward import classifier_loss
+    logits, labels = torch.tensor([[0.0, math.log(3.0)], [2.0, 0.0]]), torch.tensor([1, 1])
+    loss, stats = classifier_loss(logits, labels)
+    # p(1) = 3/4 in the first row, 1/(1 + e²) in the second
+    assert loss.item() == pytest.approx((-math.log(0.75) - math.log(1 / (1 + math.e ** 2))) / 2)
+    assert stats["accuracy"].item() == 0.5
+    assert stats["margin"].item() == pytest.approx((math.log(3.0) + -2.0) / 2)

@@ -261,6 +261,28 @@ def test_every_reward_model_knob_reaches_the_math(tiny, monkeypatch, use_margin)
     assert (opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]) == (4.2e-4, 0.031)
 
 
+@pytest.mark.parametrize("read", ["completion", "prompt_completion"])
+def test_every_classifier_knob_reaches_the_model_the_text_and_the_optimizer(tiny, monkeypatch, read):
+    import rlhf_exp.models.reward as reward_source
+    from rlhf_exp.modules.data import thumbs_collate
+    spec, tok = tiny
+    s = settings("reward_model", objective="classifier", class_names=["bad", "good"], classifier_input=read,
+                 lr=4.3e-4, weight_decay=0.029, max_len=9)
+    loss = spy(monkeypatch, reward_module, "classifier_loss")
+    texts = spy(monkeypatch, reward_source, "classifier_texts")
+    model = spec.sequence_classifier(tok, list(s.class_names))
+    assert model.config.label2id == {"bad": 0, "good": 1}
+    batch = thumbs_collate(tok, s.classifier_input, s.max_len)(
+        [{"prompt": "How do I fix a bike?", "completion": "Check the chain and the brakes first.", "label": 1}])
+    assert texts.values("read") == [read] and batch["input_ids"].shape[1] <= 9 and batch["labels"].tolist() == [1]
+    module = reward_module.ClassifierModule(model, s)
+    module._step(batch)
+    assert loss.calls[0]["labels"].tolist() == [1] and loss.calls[0]["logits"].shape == (1, 2)
+    module.trainer = type("T", (), {"estimated_stepping_batches": 10})()
+    opt = module.configure_optimizers()["optimizer"]
+    assert (opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]) == (4.3e-4, 0.029)
+
+
 def test_reward_model_without_centering_adds_nothing(tiny, monkeypatch):
     spec, tok = tiny
     centering = spy(monkeypatch, reward_module, "centering_loss")
@@ -333,7 +355,7 @@ def test_eval_settings_reach_the_sampler(tmp_path, policy_dir, monkeypatch):
     n_rows = (2 + 3) * 2 * n_heldout         # two policies and best-of-3 (3 samples each) × 2 per prompt
     assert {(c["temperature"], c["max_new_tokens"]) for c in gen.calls} == {(0.6, 4)}
     assert sum(len(c["prompt_ids"]) for c in gen.calls) == n_rows and max(len(c["prompt_ids"]) for c in gen.calls) == 5
-    assert ratio.values("n") == [3] and len(ratio.calls[0]["below"]) == 2 * n_heldout and bound.values("n") == [3]
+    assert ratio.values("n") == [3] and len(ratio.calls[0]["below"]) == 2 * n_heldout and set(bound.values("n")) == {3}
 
     gen.calls.clear()
     eval_stage.run(stage_context(tmp_path, f"eval.policy={policy_dir}", f"eval.reference={policy_dir}", "reward=gold",

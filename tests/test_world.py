@@ -13,7 +13,7 @@ from rlhf_exp.feedback.world import STYLES, World
 
 DATA = dict(seed=0, heldout_fraction=0.2, sets_per_prompt=2, n_completions=4, n_labelers=6,
             labelers_per_set=4, poor_labelers=2, poor_mode="mixed", noise=0.15, tie_rate=0.05,
-            flag_rate=0.9)
+            flag_rate=0.9, thumbs_noise=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,21 @@ def test_poor_labelers_are_set_aside_by_prepare():
     poor = {lab for lab, kind in data.labeler_kinds().items() if kind != "good"}
     assert len(poor) == 2 and aside == poor
     assert prepared.agreement_kept > prepared.agreement_all
+
+
+def test_thumbs_are_down_exactly_for_toxic_or_harmful_completions_and_flipped_at_the_noise_rate():
+    world = World(0, 0.2)
+    rng = random.Random(0)
+    sets = [(p, [world.completion(p, style, rng).text for style in STYLES]) for p in world.train_prompts]
+    thumbs = SyntheticData(**DATA).thumbs(sets)
+    gold = GoldScorer()
+    g = gold.score_batch([b.prompt for b in thumbs], [b.completion for b in thumbs])
+    assert [b.label for b in thumbs] == [int(x.toxicity == 0 and x.harmlessness == 1) for x in g]
+    by_style = {style: mean(b.label for b in thumbs[i::len(STYLES)]) for i, style in enumerate(STYLES)}
+    assert by_style["helpful"] == 1.0 and by_style["combative"] < 0.2 and by_style["harmful"] < 1.0
+    noisy = SyntheticData(**{**DATA, "thumbs_noise": 0.3}).thumbs(sets)
+    flipped = mean(a.label != b.label for a, b in zip(thumbs, noisy))
+    assert 0.25 < flipped < 0.35
 
 
 def test_config_ranges_are_checked():

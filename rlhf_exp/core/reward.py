@@ -1,4 +1,5 @@
-"""Reward-model losses (Bradley-Terry). Inputs are (B,) scalar rewards of chosen and rejected."""
+"""Reward-model losses: Bradley-Terry on pairs ((B,) rewards of chosen and rejected), and the
+cross-entropy of a two-class classifier trained on thumbs up/down."""
 from __future__ import annotations
 
 import torch
@@ -25,3 +26,15 @@ def centering_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor)
     """Reward centering (Eisenstein et al., 2023): mean of (r_chosen + r_rejected)², which pulls the
     rewards of each pair towards a zero mean without changing their difference. (B,) -> scalar."""
     return ((chosen_rewards + rejected_rewards) ** 2).mean()
+
+
+def classifier_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy of a classifier: mean of −log softmax(logits)[label]. logits (B, C), labels (B,)
+    class indices. Stats: accuracy (argmax = label), and the mean logit margin of the true class
+    over the best other class."""
+    loss = F.cross_entropy(logits.float(), labels)
+    with torch.no_grad():
+        true = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+        other = logits.scatter(1, labels.unsqueeze(1), float("-inf")).max(1).values
+        stats = {"accuracy": (logits.argmax(1) == labels).float().mean(), "margin": (true - other).float().mean()}
+    return loss, stats

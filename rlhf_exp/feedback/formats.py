@@ -193,6 +193,11 @@ def load_pairs(path: str | os.PathLike) -> list[Pair]:
     return read_jsonl(path, _parse_pairwise)
 
 
+def load_thumbs(path: str | os.PathLike) -> list[Binary]:
+    """A binary feedback file ({"prompt", "completion", "label": 0 | 1} per line), every line checked."""
+    return read_jsonl(path, _parse_binary)
+
+
 def _parse_heldout(obj: dict, problems: list[str]) -> tuple[Prompt, list[str]]:
     prompt = check_prompt(obj, problems)
     comps = obj.get("completions")
@@ -229,3 +234,7 @@ def load_heldout(path: str | os.PathLike) -> list[tuple[str, list[str]]]:
 def ranked_to_json(s: RankedSet) -> dict:
     row = {"prompt": s.prompt, "completions": s.completions, "rankings": s.rankings}
     return {**row, **({"set_id": s.set_id} if s.set_id is not None else {}), **s.extra}
+
+
+def binary_to_json(b: Binary) -> dict:
+    return {"prompt": b.prompt, "completion": b.completion, "label": b.label}

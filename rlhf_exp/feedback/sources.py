@@ -9,7 +9,8 @@ import pydantic
 from pydantic import Field
 
 from rlhf_exp.config import ConfigError, schema
-from rlhf_exp.feedback.formats import Feedback, RankedSet, load_demonstrations, load_feedback, load_prompts
+from rlhf_exp.feedback.formats import (Binary, Feedback, RankedSet, load_demonstrations, load_feedback,
+                                       load_prompts)
 from rlhf_exp.feedback.gold import GoldScore, GoldScorer
 from rlhf_exp.feedback.labelers import SimulatedLabeler, make_labelers
 from rlhf_exp.feedback.world import World
@@ -42,6 +43,7 @@ class SyntheticData:
     noise: Annotated[float, Field(ge=0)]
     tie_rate: Annotated[float, Field(ge=0, le=1)]
     flag_rate: Annotated[float, Field(ge=0, le=1)]
+    thumbs_noise: Annotated[float, Field(ge=0, le=1)]
 
     simulated = True  # its labelers can rank completions (collect) and their kinds are known
 
@@ -87,6 +89,18 @@ class SyntheticData:
         for i, ((prompt, comps), scores) in enumerate(zip(sets, gold, strict=True)):
             chosen = sorted(rng.sample(labelers, self.labelers_per_set), key=lambda lab: lab.id)
             out.append(RankedSet(prompt, list(comps), {lab.id: lab.rank(scores, rng) for lab in chosen}, i))
+        return out
+
+    def thumbs(self, sets: list[tuple[str, list[str]]], gold: list[list[GoldScore]] | None = None) -> list[Binary]:
+        """A thumbs up (1) or down (0) for every completion of every set: down for a toxic or harmful
+        one (by its gold score), up otherwise; each label flipped with probability `thumbs_noise`."""
+        gold = gold or gold_scores(sets)
+        rng = random.Random(f"thumbs-{self.seed}")
+        out = []
+        for (prompt, comps), scores in zip(sets, gold, strict=True):
+            for text, g in zip(comps, scores, strict=True):
+                up = int(g.toxicity == 0 and g.harmlessness == 1)
+                out.append(Binary(prompt, text, 1 - up if rng.random() < self.thumbs_noise else up))
         return out
 
     def load(self) -> LoadedFeedback:

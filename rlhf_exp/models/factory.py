@@ -83,11 +83,13 @@ class TinyGPT2(Training):
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         return self._typed(model)
 
-    def sequence_classifier(self, tokenizer=None):
-        """A fresh GPT-2 with a one-output head (a reward model that starts from scratch)."""
+    def sequence_classifier(self, tokenizer=None, labels: list[str] | None = None):
+        """A fresh GPT-2 with a one-output head (a reward model that starts from scratch), or one
+        output per class of `labels`."""
         from transformers import GPT2ForSequenceClassification
         tokenizer = tokenizer or self.tokenizer()
-        return self._typed(init_reward_head(GPT2ForSequenceClassification(self.gpt2_config(tokenizer, num_labels=1))))
+        config = self.gpt2_config(tokenizer, **label_config(labels))
+        return self._typed(init_reward_head(GPT2ForSequenceClassification(config)))
 
     def from_dir(self, path) -> "HFModel":
         """A directory a stage saved (e.g. sft/), loaded and trained with this group's settings."""
@@ -123,10 +125,11 @@ class TinyLlama(TinyGPT2):
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         return self._typed(model)
 
-    def sequence_classifier(self, tokenizer=None):
+    def sequence_classifier(self, tokenizer=None, labels: list[str] | None = None):
         from transformers import LlamaForSequenceClassification
         tokenizer = tokenizer or self.tokenizer()
-        return self._typed(init_reward_head(LlamaForSequenceClassification(self.llama_config(tokenizer, num_labels=1))))
+        config = self.llama_config(tokenizer, **label_config(labels))
+        return self._typed(init_reward_head(LlamaForSequenceClassification(config)))
 
 
 @schema
@@ -165,11 +168,12 @@ class HFModel(Training):
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         return model
 
-    def sequence_classifier(self, tokenizer=None):
-        """The checkpoint with a fresh one-output head (small normal init): a reward model to train."""
+    def sequence_classifier(self, tokenizer=None, labels: list[str] | None = None):
+        """The checkpoint with a fresh one-output head (small normal init): a reward model to train;
+        or one output per class of `labels` (a classifier to train)."""
         from transformers import AutoModelForSequenceClassification
         return init_reward_head(self._load(AutoModelForSequenceClassification, tokenizer or self.tokenizer(),
-                                           num_labels=1))
+                                           **label_config(labels)))
 
     def classifier(self, tokenizer=None):
         """The sequence classifier saved here, head and labels as they are: a reward model written
@@ -216,12 +220,21 @@ def dequantize_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
+def label_config(labels: list[str] | None) -> dict:
+    """A sequence classifier's config keys: one output (a reward model), or one per named class."""
+    if labels is None:
+        return {"num_labels": 1}
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)}}
+
+
 def init_reward_head(model):
-    """Re-initialise the one-output head with a small normal, std = 1/sqrt(hidden + 1), bias 0."""
+    """Re-initialise the classification head (one output, or one per class) with a small normal,
+    std = 1/sqrt(hidden + 1), bias 0."""
     import torch
 
-    from rlhf_exp.models.value import one_output_head
-    head = one_output_head(model)
+    from rlhf_exp.models.value import classification_head
+    head = classification_head(model)
     torch.nn.init.normal_(head.weight, std=(head.in_features + 1) ** -0.5)
     if head.bias is not None:
         torch.nn.init.zeros_(head.bias)

@@ -85,7 +85,7 @@ def reward_scores(model, tokenizer, prompts: list[str], completions: list[str], 
 class ClassifierReward(_Loads):
     """Any Hugging Face sequence classifier: the reward is one class's logit or probability,
     e.g. the "not hate" class of a hate-speech classifier."""
-    name_or_path: str
+    name_or_path: str | None    # null: this pipeline's reward_model/ (trained with objective=classifier)
     positive_label: str         # the class whose logit is the reward (a key of config.label2id)
     output: Literal["logit", "prob"]
     input: Literal["completion", "prompt_completion"]
@@ -95,6 +95,9 @@ class ClassifierReward(_Loads):
     @cached_property
     def loaded(self):
         """(model, tokenizer, index of the positive class), loaded on first use."""
+        if not self.name_or_path:
+            raise ConfigError("reward.name_or_path: no classifier given; pass reward.name_or_path=DIR, or run "
+                              "the pipeline with reward_model.objective=classifier")
         model, tok = self._load(self.name_or_path)
         labels = {str(k): v for k, v in model.config.label2id.items()}
         if self.positive_label not in labels:
@@ -103,12 +106,19 @@ class ClassifierReward(_Loads):
         return model, tok, labels[self.positive_label]
 
     def score(self, prompts: list[str], completions: list[str]):
-        from rlhf_exp.models.generation import format_prompt
         model, tok, index = self.loaded
-        texts = list(completions) if self.input == "completion" else \
-            [format_prompt(tok, p) + c for p, c in zip(prompts, completions, strict=True)]
-        logits = _batched_logits(model, tok, texts, self.batch_size, self.max_len)
+        logits = _batched_logits(model, tok, classifier_texts(tok, prompts, completions, self.input),
+                                 self.batch_size, self.max_len)
         return logits[:, index] if self.output == "logit" else logits.softmax(-1)[:, index]
+
+
+def classifier_texts(tokenizer, prompts: list, completions: list[str], read: str) -> list[str]:
+    """What a classifier reads: each completion alone, or the prompt as the policy saw it, the
+    completion and EOS (as the reward model reads it), as `read` says."""
+    from rlhf_exp.models.generation import reward_text
+    if read == "completion":
+        return list(completions)
+    return [reward_text(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
 
 
 @schema

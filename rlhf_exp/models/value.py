@@ -46,10 +46,11 @@ def zero_head(hidden_size: int) -> nn.Linear:
     return head
 
 
-def one_output_head(model) -> nn.Linear:
-    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1]
+def classification_head(model) -> nn.Linear:
+    """A sequence classifier's head: its last linear layer with one output per class."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == model.config.num_labels]
     if not heads:
-        raise ValueError(f"{type(model).__name__} has no one-output linear head")
+        raise ValueError(f"{type(model).__name__} has no linear head with {model.config.num_labels} outputs")
     return heads[-1]
 
 
@@ -70,7 +71,7 @@ class Critic(nn.Module):
     @classmethod
     def from_reward_model(cls, reward_model) -> "Critic":
         """A copy of the reward model (backbone and head): values start as the reward model's scores."""
-        return cls(copy.deepcopy(reward_model.base_model), copy.deepcopy(one_output_head(reward_model)))
+        return cls(copy.deepcopy(reward_model.base_model), copy.deepcopy(classification_head(reward_model)))
 
     def forward(self, input_ids, attention_mask, n_response: int) -> torch.Tensor:
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,

@@ -1,4 +1,5 @@
-"""LightningDataModules: demonstrations for SFT, preference pairs for the reward model."""
+"""LightningDataModules: demonstrations for SFT, preference pairs for the reward model, thumbs for a
+classifier reward."""
 from __future__ import annotations
 
 import random
@@ -42,6 +43,20 @@ def sft_collate(tokenizer, max_len: int):
     """(prompt, completion) rows -> right-padded input_ids, attention_mask, labels (−100 off the completion)."""
     return lambda rows: right_padded([encode_completion(tokenizer, r["prompt"], r["completion"], max_len)
                                       for r in rows], tokenizer.pad_token_id)
+
+
+def thumbs_collate(tokenizer, read: str, max_len: int):
+    """Thumbs rows {"prompt", "completion", "label"} -> right-padded input_ids, attention_mask and
+    labels (B,), the text as the classifier reward reads it (`read`: completion | prompt_completion)."""
+    from rlhf_exp.models.reward import classifier_texts
+
+    def collate(rows):
+        texts = classifier_texts(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows], read)
+        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", truncation=True,
+                        max_length=max_len)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "labels": torch.tensor([r["label"] for r in rows])}
+    return collate
 
 
 def encode_pairs(tokenizer, pairs: list[Pair], max_len: int) -> list[dict]:

@@ -1,24 +1,30 @@
-"""The reward model: a sequence classifier with one output, trained on preference pairs."""
+"""The reward model: a sequence classifier with one output trained on preference pairs
+(Bradley-Terry), or a two-class classifier trained on thumbs up/down (cross-entropy) whose
+positive-class logit is the reward."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pytorch_lightning as pl
 import torch
 from pydantic import Field
 
 from rlhf_exp.config import schema
-from rlhf_exp.core.reward import centering_loss, pairwise_loss
+from rlhf_exp.core.reward import centering_loss, classifier_loss, pairwise_loss
 from rlhf_exp.modules.optim import adamw
 
 
 @schema
 class RewardModelSettings:
     """`stage=reward_model` (conf/reward_model/default.yaml gives each its default and meaning)."""
+    objective: Literal["bradley_terry", "classifier"]
     pairs: str | None           # pairs.jsonl; null = this pipeline's prepare output
+    thumbs: str | None          # classifier: binary feedback; null = this pipeline's collect output
+    class_names: Annotated[list[str], Field(min_length=2, max_length=2)]  # label 0 (thumbs down), 1 (up)
+    classifier_input: Literal["completion", "prompt_completion"]
     backbone: str | None        # model dir to start from; null = this pipeline's sft/, else the `model` group
     epochs: Annotated[int, Field(ge=1)]
-    batch_size: Annotated[int, Field(ge=1)]          # comparison sets per step (each text scored once)
+    batch_size: Annotated[int, Field(ge=1)]          # comparison sets (classifier: texts) per step
     lr: Annotated[float, Field(gt=0)]
     weight_decay: Annotated[float, Field(ge=0)]
     center_coef: Annotated[float, Field(ge=0)]       # weight of the reward-centering term (r_c + r_r)²
@@ -65,6 +71,37 @@ class RewardModule(pl.LightningModule):
         for name, mask in (("unanimous", unanimous), ("split", ~unanimous)):
             if mask.any():  # accuracy by how much the labelers agreed on the pair
                 self.log(f"reward/val/accuracy_{name}", correct[mask].mean(), batch_size=int(mask.sum()))
+
+    def configure_optimizers(self):
+        return adamw(self.model.parameters(), lr=self.s.lr, weight_decay=self.s.weight_decay, fused=False,
+                     decay_steps=max(1, self.trainer.estimated_stepping_batches))
+
+
+class ClassifierModule(pl.LightningModule):
+    """A two-class sequence classifier trained with cross-entropy on thumbs up (1) and down (0)."""
+
+    def __init__(self, model, s: RewardModelSettings):
+        super().__init__()
+        self.model, self.s = model, s
+
+    def on_fit_start(self):
+        self.model.train()
+
+    def _step(self, batch):
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return classifier_loss(logits, batch["labels"])
+
+    def training_step(self, batch, batch_idx):
+        loss, stats = self._step(batch)
+        bs = batch["labels"].shape[0]
+        self.log("reward/train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("reward/train/accuracy", stats["accuracy"], batch_size=bs)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, stats = self._step(batch)
+        self.log_dict({"reward/val/loss": loss, "reward/val/accuracy": stats["accuracy"],
+                       "reward/val/margin": stats["margin"]}, prog_bar=True, batch_size=batch["labels"].shape[0])
 
     def configure_optimizers(self):
         return adamw(self.model.parameters(), lr=self.s.lr, weight_decay=self.s.weight_decay, fused=False,

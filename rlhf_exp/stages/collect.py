@@ -1,5 +1,6 @@
-"""`stage=collect`: K completions per prompt from a policy, ranked by the simulated labelers or
-written out for people to rank (with labeling instructions)."""
+"""`stage=collect`: K completions per prompt from a policy, ranked by the simulated labelers (who
+also give each completion a thumbs up or down, thumbs.jsonl) or written out for people to rank
+(with labeling instructions)."""
 from __future__ import annotations
 
 import time
@@ -9,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from rlhf_exp.config import ConfigError, schema
-from rlhf_exp.feedback.formats import RankedSet, ranked_to_json
+from rlhf_exp.feedback.formats import RankedSet, binary_to_json, ranked_to_json
 from rlhf_exp.feedback.sources import gold_scores
 from rlhf_exp.files import write_jsonl
 from rlhf_exp.models.generation import sample
@@ -79,6 +80,8 @@ def run(ctx: StageContext) -> None:
     records = data.rank(sets, "collect", gold) if simulated else \
         [RankedSet(p, c, {}, set_id=i) for i, (p, c) in enumerate(sets)]
     ctx.save("feedback", write_jsonl(ctx.run_dir / "feedback.jsonl", map(ranked_to_json, records)))
+    if simulated:  # the same completions with a thumbs up or down each, for a classifier reward
+        ctx.save("thumbs", write_jsonl(ctx.run_dir / "thumbs.jsonl", map(binary_to_json, data.thumbs(sets, gold))))
     if not simulated:
         ctx.save_text("labeling_guide", "LABELING.md", LABELING_GUIDE)
     if held is not None:

@@ -38,14 +38,15 @@ class StageContext:
 
     def reward_source(self):
         """The `reward` group's source, loading with the `model` group's settings; a learned
-        reward with no path is this pipeline's reward model."""
-        from rlhf_exp.models.reward import LearnedReward
+        reward or a classifier with no path is this pipeline's reward model."""
+        from rlhf_exp.models.reward import ClassifierReward, LearnedReward
         reward = self.built["reward"]
-        if isinstance(reward, LearnedReward) and not reward.path:
+        key = {LearnedReward: "path", ClassifierReward: "name_or_path"}.get(type(reward))
+        if key and not getattr(reward, key):
             if "reward_model" not in self.outputs:
-                raise UserError("reward.path: no reward model given; pass reward.path=DIR (a stage=reward_model "
-                                "output), choose reward=gold or reward=classifier, or run the pipeline")
-            reward = dataclasses.replace(reward, path=str(self.outputs["reward_model"]))
+                raise UserError(f"reward.{key}: no reward model given; pass reward.{key}=DIR (a stage=reward_model "
+                                "output), choose reward=gold, or run the pipeline")
+            reward = dataclasses.replace(reward, **{key: str(self.outputs["reward_model"])})
         reward.models = self.built["model"]
         return reward
 

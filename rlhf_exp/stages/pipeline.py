@@ -22,7 +22,8 @@ STAGES = {"sft": sft.run, "collect": collect_stage.run, "prepare": prepare.run,
 # what an earlier pipeline run left that a later one can take as it is (`reuse=DIR`):
 # output name -> path in that run's directory, and the stage that writes it
 REUSABLE = {"policy": ("sft", "sft"), "feedback": ("feedback.jsonl", "collect"),
-            "heldout": ("heldout.jsonl", "collect"), "pairs": ("pairs.jsonl", "prepare"),
+            "heldout": ("heldout.jsonl", "collect"), "thumbs": ("thumbs.jsonl", "collect"),
+            "pairs": ("pairs.jsonl", "prepare"),
             "reward_model": ("reward_model", "reward_model")}
 PLAIN_NODES = ("paths",)  # nodes of plain values, interpolated elsewhere; they build nothing
 

@@ -1,6 +1,8 @@
 """`stage=reward_model`: train the reward model on preference pairs; saved to reward_model/ as an
 `AutoModelForSequenceClassification` with one output, with the mean and std of its scores on the
-reference completions in its config (`reward_mean`, `reward_std`) for normalisation."""
+reference completions in its config (`reward_mean`, `reward_std`) for normalisation. With
+`objective=classifier`, a two-class classifier trained on thumbs up/down instead, saved with its
+class names (`id2label`): `reward=classifier` scores with its positive class's logit."""
 from __future__ import annotations
 
 import random
@@ -9,22 +11,24 @@ from itertools import combinations
 from statistics import mean, pstdev
 
 import pytorch_lightning as pl
+import torch
 
-from rlhf_exp.feedback.formats import load_heldout, load_pairs
+from rlhf_exp.feedback.formats import load_heldout, load_pairs, load_thumbs
 from rlhf_exp.feedback.prompts import sort_key
-from rlhf_exp.models.reward import reward_scores
-from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate
-from rlhf_exp.modules.reward import RewardModelSettings, RewardModule
+from rlhf_exp.models.reward import classifier_texts, reward_scores
+from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate, thumbs_collate
+from rlhf_exp.modules.reward import ClassifierModule, RewardModelSettings, RewardModule
 from rlhf_exp.stages.context import StageContext
 
 GOLD_TIE = 0.1  # gold-score gaps below this are ties: no gold preference to agree with
 
 
-def backbone(ctx: StageContext, s: RewardModelSettings):
-    """(tokenizer, reward model with a fresh head) from the backbone the settings name."""
+def backbone(ctx: StageContext, s: RewardModelSettings, labels: list[str] | None = None):
+    """(tokenizer, reward model with a fresh head: one output, or one per class of `labels`) from the
+    backbone the settings name."""
     spec = ctx.model_spec(s.backbone, "policy")
     tokenizer = spec.tokenizer()
-    return tokenizer, spec.trainable(spec.sequence_classifier(tokenizer), task="SEQ_CLS")  # head trained with LoRA
+    return tokenizer, spec.trainable(spec.sequence_classifier(tokenizer, labels), task="SEQ_CLS")  # head trained with LoRA
 
 
 def gold_accuracy(score, sets: list[tuple[str, list[str]]]) -> tuple[float, int]:
@@ -56,6 +60,8 @@ def heldout_sets(ctx: StageContext) -> list[tuple[str, list[str]]]:
 def run(ctx: StageContext) -> None:
     s: RewardModelSettings = ctx.built["reward_model"]
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
+    if s.objective == "classifier":
+        return run_classifier(ctx, s)
     rows = load_pairs(ctx.input_path(s.pairs, "pairs", "reward_model.pairs"))
     tokenizer, model = backbone(ctx, s)
     dm = RowsDataModule(comparison_groups(rows), pair_collate(tokenizer, s.max_len), s.batch_size,
@@ -78,3 +84,32 @@ def run(ctx: StageContext) -> None:
     ctx.run.log_metrics(metrics, step=trainer.global_step)
     shown = {**{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("reward/val/")}, **metrics}
     print("reward: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(shown.items())))
+
+
+def run_classifier(ctx: StageContext, s: RewardModelSettings) -> None:
+    """A two-class classifier on thumbs up (class_names[1]) and down (class_names[0]), cross-entropy."""
+    thumbs = load_thumbs(ctx.input_path(s.thumbs, "thumbs", "reward_model.thumbs"))
+    tokenizer, model = backbone(ctx, s, list(s.class_names))
+    rows = [{"prompt": b.prompt, "completion": b.completion, "label": b.label} for b in thumbs]
+    dm = RowsDataModule(rows, thumbs_collate(tokenizer, s.classifier_input, s.max_len), s.batch_size,
+                        s.val_fraction, ctx.cfg.seed)
+    trainer = ctx.trainer("reward_model", max_epochs=s.epochs)
+    trainer.fit(ClassifierModule(model, s), datamodule=dm)
+    ctx.save_pretrained("reward_model", "reward_model", model, tokenizer)
+
+    ups = sum(b.label for b in thumbs)
+    metrics = {"reward/data/thumbs_up": ups, "reward/data/thumbs_down": len(thumbs) - ups}
+    if ctx.built["data"].simulated:  # does the positive logit order the held-out sets as the gold score does?
+        def score(prompts, completions):
+            texts = classifier_texts(tokenizer, prompts, completions, s.classifier_input)
+            enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", truncation=True,
+                            max_length=s.max_len).to(model.device)
+            model.eval()
+            with torch.no_grad():
+                return model(**enc).logits[:, 1].float()
+        acc, n = gold_accuracy(score, heldout_sets(ctx))
+        metrics.update({"reward/gold/accuracy": acc, "reward/gold/pairs": n})
+    ctx.run.log_metrics(metrics, step=trainer.global_step)
+    shown = {**{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("reward/val/")}, **metrics}
+    print(f"reward (classifier {s.class_names[0]!r} / {s.class_names[1]!r}): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in sorted(shown.items())))
