@@ -67,6 +67,20 @@ def test_clip_sweep_reuses_earlier_stages_records_each_job_and_compares(cli, tmp
     assert sorted(r.data.tags["algorithm"] for r in vs) == ["dpo", "ppo"]
     assert all(r.info.status == "FINISHED" and "eval/win_rate" in r.data.metrics for r in vs)
 
+    # the over-optimisation study, three of its points: PPO at a KL strength and best-of-n at an n each
+    cli("-m", f"--config-dir={ROOT / 'sweeps'}", "--config-name=overoptimization", "experiment=smoke",
+        "reuse=outputs/base", "study=p1,p2,p3", "hydra.sweep.dir=outputs/study")
+    study = pipeline_runs(client, sweep_id="outputs/study")
+    assert sorted((r.data.params["algorithm.kl_coef"], r.data.params["eval.best_of_n"]) for r in study) == [
+        ("0.1", "8"), ("0.3", "4"), ("1.0", "2")]
+    out = subprocess.run([sys.executable, "-m", "rlhf_exp.tracking.compare", "--sweep", "outputs/study",
+                          "--tracking-uri", f"sqlite:///{tmp_path}/outputs/mlflow.db", "--out", str(tmp_path / "study")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = (tmp_path / "study/compare.md").read_text()
+    assert "## Over-optimisation" in report and "| best-of-n | gold |" in report and "| RL | proxy |" in report
+    assert (tmp_path / "study/overoptimization.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_reuse_must_name_an_earlier_run(cli):
     proc = cli("reuse=nowhere", check=False)

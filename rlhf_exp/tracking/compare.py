@@ -6,7 +6,9 @@
 One row per pipeline run (a Hydra job): the params that differ between the runs, the final
 metrics of its stages, sorted by the metric. Writes compare.md and PNG plots (reward against KL to
 the reference, one series per algorithm; gold score against reward-model score; learning curves;
-the metric against each swept param) and logs them as artifacts of a summary run named `compare`.
+the metric against each swept param; with 3 or more points, the over-optimisation study: gold and
+proxy gains against sqrt(KL) with Gao et al.'s fitted forms), each run labelled by the settings
+that vary across the runs, and logs them as artifacts of a summary run named `compare`.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rlhf_exp.tracking.overopt import study
 
 SHOWN = ["eval/gold/policy", "eval/reward/policy", "eval/kl/policy_ref", "eval/toxicity/policy",
          "eval/win_rate"]
@@ -75,6 +79,21 @@ def swept_params(jobs: list[Job]) -> list[str]:
     return swept
 
 
+def run_labels(jobs: list[Job], swept: list[str]) -> dict[str, str]:
+    """Each run named by what varies across the runs: its algorithm when there are several, then the
+    last part of each swept key that it has (`clip_eps=0.1`, `algorithm=dpo beta=0.5`); the run id
+    when nothing varies or two runs would read the same."""
+    several = len({j.algorithm for j in jobs}) > 1
+    labels = {}
+    for j in jobs:
+        parts = [f"algorithm={j.algorithm}"] if several else []
+        parts += [f"{k.rsplit('.', 1)[-1]}={j.params[k]}" for k in swept if k in j.params]
+        labels[j.run_id] = " ".join(parts) or j.run_id[:8]
+    if len(set(labels.values())) < len(labels):
+        labels = {rid: label if label == rid[:8] else f"{label} ({rid[:8]})" for rid, label in labels.items()}
+    return labels
+
+
 def sort_key(metric: str):
     def key(job: Job):
         value = job.metrics.get(metric)
@@ -107,6 +126,7 @@ def plots(jobs: list[Job], swept: list[str], metric: str, out: Path) -> list[Pat
     import matplotlib.pyplot as plt
     done = [j for j in jobs if j.status == "FINISHED"]
     algorithms = sorted({j.algorithm for j in done})
+    label = run_labels(done, swept)
     paths = []
 
     def scatter(name, x, y, xlabel, ylabel, title):
@@ -116,7 +136,7 @@ def plots(jobs: list[Job], swept: list[str], metric: str, out: Path) -> list[Pat
             if pts:
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=alg, s=40)
                 for px, py, j in pts:
-                    ax.annotate(j.run_id[:6], (px, py), fontsize=7, alpha=0.7)
+                    ax.annotate(label[j.run_id], (px, py), fontsize=7, alpha=0.7)
         ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
         if algorithms:
             ax.legend()
@@ -133,7 +153,7 @@ def plots(jobs: list[Job], swept: list[str], metric: str, out: Path) -> list[Pat
     fig, axes = plt.subplots(1, max(1, len(algorithms)), figsize=(6 * max(1, len(algorithms)), 4), squeeze=False)
     for ax, alg in zip(axes[0], algorithms or ["-"]):
         for j in (j for j in done if j.algorithm == alg and j.curve):
-            ax.plot([s for s, _ in j.curve], [v for _, v in j.curve], label=j.run_id[:6], alpha=0.8)
+            ax.plot([s for s, _ in j.curve], [v for _, v in j.curve], label=label[j.run_id], alpha=0.8)
         ax.set(title=f"{alg}: {CURVES.get(alg, '')}", xlabel="step")
         if ax.lines:
             ax.legend(fontsize=7)
@@ -188,6 +208,13 @@ def main(argv=None) -> None:
     report += [f"- {j.run_id[:8]} {j.status}: {j.error}" for j in failed if j.error]
     pngs = plots(jobs, swept, args.metric, out)
     report += ["", *[f"![{p.stem}]({p.name})" for p in pngs], ""]
+    fits = study([j for j in jobs if j.status == "FINISHED"], out / "overoptimization.png")
+    if fits:  # enough points for Gao et al.'s forms: the over-optimisation study
+        pngs.append(out / "overoptimization.png")
+        report += ["## Over-optimisation (Gao et al., 2022)", "",
+                   "Gain over the reference against d = sqrt(KL); best-of-n fitted with R(d) = d·(α − β·d), "
+                   "RL with R(d) = d·(α − β·log d).", "", fits, "", "![overoptimization](overoptimization.png)", ""]
+        print("\n" + fits)
     (out / "compare.md").write_text("\n".join(report), encoding="utf-8")
     print(text)
 
