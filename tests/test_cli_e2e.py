@@ -243,6 +243,19 @@ def test_dpo_is_one_override_away(cli, tmp_path):
     assert "align (dpo, sigmoid, beta 0.5)" in proc.stdout and "== before (reference) and after" in proc.stdout
 
 
+def test_listwise_dpo_and_a_plackett_luce_reward_model(cli, tmp_path):
+    proc = cli("experiment=smoke", "algorithm=dpo", "algorithm.loss_type=plackett_luce",
+               "reward_model.objective=plackett_luce")
+    client, runs = mlflow_runs(tmp_path)
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {"reward/train/loss", "reward/val/accuracy", "reward/gold/accuracy"} <= set(children["reward_model"].data.metrics)
+    assert children["reward_model"].data.params["reward_model.objective"] == "plackett_luce"
+    align = children["align"].data.metrics
+    assert {"dpo/train/loss", "dpo/rewards/accuracy", "dpo/rewards/margin", "dpo/val/loss"} <= set(align)
+    assert "align (dpo, plackett_luce, beta 0.5)" in proc.stdout and " val sets;" in proc.stdout
+
+
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_critic_free_algorithms_are_one_override_away(cli, tmp_path, algorithm):
     proc = cli("experiment=smoke", f"algorithm={algorithm}")

@@ -62,3 +62,50 @@ def test_dpo_starts_at_log_2_and_learns_to_prefer_the_chosen(tiny):
 def test_loss_types_are_checked_when_the_settings_are_built():
     with pytest.raises(ValueError, match="loss_type = 'kto': expected one of 'sigmoid', 'ipo', 'hinge'"):
         settings(loss_type="kto")
+
+
+def ranked_pairs():
+    """Sets of four completions ranked best first with a tie in third place (no pair between them),
+    as prepare writes them: the N-choose-2 pairs of each ranking, with its set id."""
+    out = []
+    for i, thing in enumerate(("bike", "door", "lamp", "chair")):
+        a, b, c, d = (f"Carefully fix the {thing}, step by step.", f"Fix the {thing}.", "I do not know.",
+                      f"You are wrong about the {thing}.")
+        out += [Pair(f"How do I fix a {thing}?", x, y, set_id=i)
+                for x, y in ((a, b), (a, c), (a, d), (b, c), (b, d))]
+    return out
+
+
+def test_sets_come_back_from_their_pairs_with_ties_and_batch_every_completion_once(tiny):
+    from rlhf_exp.modules.data import encode_sets, set_ranks, set_rows_collate
+    spec, tok = tiny
+    pairs = ranked_pairs()
+    assert set_ranks(pairs[:5]) == (["Carefully fix the bike, step by step.", "Fix the bike.", "I do not know.",
+                                     "You are wrong about the bike."], [1, 2, 3, 3])
+    rows = encode_sets(tok, pairs, 64)
+    assert len(rows) == 4 and [len(r["items"]) for r in rows] == [4, 4, 4, 4]
+    batch = set_rows_collate(tok.pad_token_id)(rows[:2])
+    assert batch["input_ids"].shape[0] == 8 and batch["set_idx"].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert batch["set_rank"].tolist() == [[1, 2, 3, 3]] * 2 and batch["set_mask"].sum() == 8
+
+
+def test_listwise_dpo_starts_at_the_plackett_luce_loss_of_equal_rewards_and_learns_the_rankings(tiny):
+    from rlhf_exp.modules.data import encode_sets, set_rows_collate
+    from rlhf_exp.modules.dpo import set_refs
+    spec, tok = tiny
+    torch.manual_seed(0)
+    lm = spec.causal_lm(tok)
+    s = settings(loss_type="plackett_luce", batch_size=2, epochs=15, val_fraction=0.0)
+    rows, collate = encode_sets(tok, ranked_pairs(), s.max_len), set_rows_collate(tok.pad_token_id)
+    cache_reference_logps(lm, rows, collate, refs=set_refs)
+    assert all(len(r["ref"]) == 4 for r in rows)
+    module = DPOModule(lm, s)
+    module.log_dict = lambda *a, **k: None
+    lm.eval()  # as in training (dropout off) and as the reference log-probs were computed
+    first = module._step(collate(rows[:2]), "train").item()
+    # policy = reference: every implicit reward 0; the best competes with 4, the second with 3, the tied two with none
+    assert first == pytest.approx(math.log(4) + math.log(3), abs=1e-4)
+    pl.Trainer(max_epochs=s.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, accelerator="cpu", limit_val_batches=0).fit(
+        module, datamodule=RowsDataModule(rows, collate, s.batch_size, 0.0, 0))
+    assert module._step(collate(rows[:2]), "train").item() < first - 0.5

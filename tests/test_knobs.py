@@ -283,6 +283,40 @@ def test_every_classifier_knob_reaches_the_model_the_text_and_the_optimizer(tiny
     assert (opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]) == (4.3e-4, 0.029)
 
 
+def test_the_plackett_luce_objective_reads_each_set_whole(tiny, monkeypatch):
+    spec, tok = tiny
+    pl_loss = spy(monkeypatch, reward_module, "plackett_luce_loss")
+    pairwise = spy(monkeypatch, reward_module, "pairwise_loss")
+    torch.manual_seed(0)
+    module = reward_module.RewardModule(spec.sequence_classifier(tok), settings("reward_model", objective="plackett_luce"))
+    module._step(reward_batch(tok))
+    assert not pairwise.calls and len(pl_loss.calls) == 1
+    call = pl_loss.calls[0]  # set 0: a over b and c (b, c not compared: a tie); set 1: d over e
+    assert call["ranks"].tolist() == [[1, 2, 2], [1, 2, 0]] and call["mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert call["scores"].shape == (2, 3)
+
+
+def test_listwise_dpo_reaches_the_plackett_luce_loss_with_beta(tiny, monkeypatch):
+    from rlhf_exp.modules.data import encode_sets, set_rows_collate
+    spec, tok = tiny
+    s = settings("algorithm", "dpo", beta=0.37, loss_type="plackett_luce", batch_size=2, val_fraction=0.0)
+    pl_loss, pairwise = spy(monkeypatch, dpo_module, "plackett_luce_loss"), spy(monkeypatch, dpo_module, "dpo_loss")
+    lm = spec.causal_lm(tok)
+    rows, collate = encode_sets(tok, PAIRS, s.max_len), set_rows_collate(tok.pad_token_id)
+    dpo_module.cache_reference_logps(lm, rows, collate, refs=dpo_module.set_refs)
+    module = dpo_module.DPOModule(lm, s)
+    trainer(max_steps=1, limit_val_batches=0).fit(module, datamodule=RowsDataModule(rows, collate, s.batch_size, 0.0, 0))
+    assert not pairwise.calls and len(pl_loss.calls) == 1
+    batch_logps = pl_loss.calls[0]["scores"]  # β·(log π − log π_ref): the policy has not moved yet
+    assert batch_logps.shape == (2, 2) and batch_logps.abs().max().item() < 1e-4
+    module.policy.eval()
+    b = collate(rows[:2])
+    r = dpo_module.completion_logps(module.policy, b) - b["ref_logps"]
+    module.log_dict = lambda *a, **k: None
+    module._step(b, "train")
+    torch.testing.assert_close(pl_loss.calls[-1]["scores"], 0.37 * r[b["set_idx"]])
+
+
 def test_reward_model_without_centering_adds_nothing(tiny, monkeypatch):
     spec, tok = tiny
     centering = spy(monkeypatch, reward_module, "centering_loss")

@@ -76,6 +76,32 @@ def pair_rows_collate(pad_id: int):
     return collate
 
 
+def encode_sets(tokenizer, pairs: list[Pair], max_len: int) -> list[dict]:
+    """Comparison sets (`comparison_groups`) tokenized once for listwise DPO: {"prompt", "items":
+    [(ids, labels) of each distinct completion], "ranks"}."""
+    rows = []
+    for g in comparison_groups(pairs):
+        completions, ranks = set_ranks(g["pairs"])
+        rows.append({"prompt": g["prompt"], "ranks": ranks,
+                     "items": [encode_completion(tokenizer, g["prompt"], c, max_len) for c in completions]})
+    return rows
+
+
+def set_rows_collate(pad_id: int):
+    """Encoded sets -> every set's completions as right-padded rows, set after set, with set_idx,
+    set_rank and set_mask (S, K) and, once they are known, the reference log-probs `ref_logps` (rows,)."""
+    def collate(rows):
+        batch = right_padded([item for r in rows for item in r["items"]], pad_id)
+        starts = [0]
+        for r in rows:
+            starts.append(starts[-1] + len(r["items"]))
+        batch.update(padded_sets([(list(range(a, a + len(r["items"]))), r["ranks"]) for a, r in zip(starts, rows)]))
+        if "ref" in rows[0]:
+            batch["ref_logps"] = torch.tensor([x for r in rows for x in r["ref"]])
+        return batch
+    return collate
+
+
 def comparison_groups(pairs: list[Pair]) -> list[dict]:
     """Pairs grouped by the comparison set they came from (`set_id`, else the prompt):
     {"prompt", "pairs"}. One group is one batch element, so each completion is scored once per
@@ -86,13 +112,38 @@ def comparison_groups(pairs: list[Pair]) -> list[dict]:
     return list(groups.values())
 
 
+def set_ranks(pairs: list[Pair]) -> tuple[list[str], list[int]]:
+    """A comparison set back from its pairs: its distinct completions (in order of appearance) and each
+    one's rank, 1 + the number of its set's completions preferred to it. Pairs made from one ranking
+    give that ranking back, ties included (tied completions form no pair, so neither counts)."""
+    completions: list[str] = []
+    beaten: dict[str, int] = {}
+    for p in pairs:
+        for c in (p.chosen, p.rejected):
+            if c not in beaten:
+                completions.append(c)
+                beaten[c] = 0
+        beaten[p.rejected] += 1
+    return completions, [1 + beaten[c] for c in completions]
+
+
+def padded_sets(sets: list[tuple[list[int], list[int]]]) -> dict:
+    """(item indices, ranks) of each set -> set_idx, set_rank, set_mask (S, K), padded to the largest set."""
+    width = max(len(idx) for idx, _ in sets)
+    pad = lambda xs: xs + [0] * (width - len(xs))  # noqa: E731
+    return {"set_idx": torch.tensor([pad(idx) for idx, _ in sets]),
+            "set_rank": torch.tensor([pad(rank) for _, rank in sets]),
+            "set_mask": torch.tensor([pad([1] * len(idx)) for idx, _ in sets])}
+
+
 def pair_collate(tokenizer, max_len: int):
     """Comparison groups -> the batch's distinct texts (each scored once) and, per pair, the
-    indices of its chosen and rejected text, its margin and its labelers' agreement.
+    indices of its chosen and rejected text, its margin and its labelers' agreement; per group, its
+    texts' indices and ranks (`padded_sets`, for a listwise loss).
     Padded on the right: a plain forward numbers positions from 0, so left padding would shift them."""
     def collate(groups):
         index: dict[tuple[str, str], int] = {}
-        texts, chosen, rejected, margin, agreement = [], [], [], [], []
+        texts, chosen, rejected, margin, agreement, sets = [], [], [], [], [], []
         for pair in (p for g in groups for p in g["pairs"]):
             for key, out in ((pair.chosen, chosen), (pair.rejected, rejected)):
                 i = index.setdefault((pair.prompt, key), len(texts))
@@ -101,11 +152,14 @@ def pair_collate(tokenizer, max_len: int):
                 out.append(i)
             margin.append(0.0 if pair.margin is None else float(pair.margin))
             agreement.append(1.0 if pair.agreement is None else float(pair.agreement))
+        for g in groups:
+            completions, ranks = set_ranks(g["pairs"])
+            sets.append(([index[(g["prompt"], c)] for c in completions], ranks))
         enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right",
                         truncation=True, max_length=max_len)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                 "chosen_idx": torch.tensor(chosen), "rejected_idx": torch.tensor(rejected),
-                "margin": torch.tensor(margin), "agreement": torch.tensor(agreement)}
+                "margin": torch.tensor(margin), "agreement": torch.tensor(agreement), **padded_sets(sets)}
     return collate
 
 

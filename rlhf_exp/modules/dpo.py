@@ -1,5 +1,6 @@
-"""DPO: the policy learns from preference pairs directly, against a frozen reference whose
-log-probs are computed once, before training (`cache_reference_logps`), not at every step."""
+"""DPO: the policy learns from preference pairs directly (or, with loss_type=plackett_luce, from each
+comparison set's whole ranking), against a frozen reference whose log-probs are computed once,
+before training (`cache_reference_logps`), not at every step."""
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -10,6 +11,7 @@ from pydantic import Field
 
 from rlhf_exp.config import schema
 from rlhf_exp.core.dpo import dpo_loss
+from rlhf_exp.core.listwise import plackett_luce_loss
 from rlhf_exp.core.ops import logprobs_from_logits
 from rlhf_exp.models.training import adapters_off
 from rlhf_exp.modules.metrics import to_floats
@@ -36,29 +38,43 @@ class DPOSettings:
     policy: str | None           # policy to align; null = this pipeline's sft/, else the model group
     pairs: str | None            # pairs.jsonl; null = this pipeline's prepare output
     beta: Annotated[float, Field(gt=0)]
-    loss_type: Literal["sigmoid", "ipo", "hinge"]
+    loss_type: Literal["sigmoid", "ipo", "hinge", "plackett_luce"]
     label_smoothing: Annotated[float, Field(ge=0, lt=0.5)]
     epochs: Annotated[int, Field(ge=1)]
-    batch_size: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]     # pairs (plackett_luce: comparison sets) per step
     lr: Annotated[float, Field(gt=0)]
     warmup_steps: Annotated[int, Field(ge=0)]
     max_len: Annotated[int, Field(ge=8)]
     val_fraction: Annotated[float, Field(ge=0, lt=1)]
 
 
+def pair_refs(chunk: list[dict], logps: list[float]) -> list[tuple[float, float]]:
+    """Encoded pairs are collated chosen rows then rejected rows: (chosen, rejected) of each."""
+    return list(zip(logps[:len(chunk)], logps[len(chunk):]))
+
+
+def set_refs(chunk: list[dict], logps: list[float]) -> list[list[float]]:
+    """Encoded sets are collated set after set: each set's items' log-probs."""
+    out, start = [], 0
+    for row in chunk:
+        out.append(logps[start:start + len(row["items"])])
+        start += len(row["items"])
+    return out
+
+
 @torch.no_grad()
-def cache_reference_logps(lm, rows: list[dict], collate, batch_size: int = 64) -> None:
-    """Add to every encoded pair its (chosen, rejected) completion log-probs under `lm`, the
-    reference (in eval mode: no dropout; a LoRA model with its adapters off), as `row["ref"]`;
-    computed once, before training."""
+def cache_reference_logps(lm, rows: list[dict], collate, batch_size: int = 64, refs=pair_refs) -> None:
+    """Add to every encoded row (a pair, or with `refs=set_refs` a set) its completions' log-probs
+    under `lm`, the reference (in eval mode: no dropout; a LoRA model with its adapters off), as
+    `row["ref"]`; computed once, before training."""
     was_training = lm.training
     lm.eval()
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         with adapters_off(lm):
             logps = completion_logps(lm, collate(chunk)).tolist()
-        for row, chosen, rejected in zip(chunk, logps[:len(chunk)], logps[len(chunk):]):
-            row["ref"] = (chosen, rejected)
+        for row, ref in zip(chunk, refs(chunk, logps), strict=True):
+            row["ref"] = ref
     lm.train(was_training)
 
 
@@ -73,6 +89,8 @@ class DPOModule(pl.LightningModule):
         self.policy.eval()
 
     def _step(self, batch, stage: str):
+        if self.s.loss_type == "plackett_luce":
+            return self._listwise_step(batch, stage)
         logps = completion_logps(self.policy, batch)         # chosen rows, then rejected rows: (2P,)
         n = logps.shape[0] // 2
         ref = batch["ref_logps"]
@@ -86,6 +104,17 @@ class DPOModule(pl.LightningModule):
                            f"{rewards}/accuracy": (chosen > rejected).float().mean(),
                            f"{rewards}/margin": (chosen - rejected).mean()})  # one device sync
         self.log_dict(stats, prog_bar=stage == "train", batch_size=n)
+        return loss
+
+    def _listwise_step(self, batch, stage: str):
+        """Plackett-Luce on each set's implicit rewards β·(log π − log π_ref) (the DPO paper, A.3)."""
+        rewards = self.s.beta * (completion_logps(self.policy, batch) - batch["ref_logps"])   # (rows,)
+        loss, stats = plackett_luce_loss(rewards[batch["set_idx"]], batch["set_rank"], batch["set_mask"])
+        prefix = "dpo/train" if stage == "train" else "dpo/val"
+        group = "dpo/rewards" if stage == "train" else "dpo/val/rewards"
+        n = batch["set_idx"].shape[0]
+        self.log_dict(to_floats({f"{prefix}/loss": loss, f"{group}/accuracy": stats["accuracy"],
+                                 f"{group}/margin": stats["margin"]}), prog_bar=stage == "train", batch_size=n)
         return loss
 
     def training_step(self, batch, batch_idx):

@@ -1,5 +1,5 @@
 """The reward model: a sequence classifier with one output trained on preference pairs
-(Bradley-Terry), or a two-class classifier trained on thumbs up/down (cross-entropy) whose
+(Bradley-Terry) or on whole rankings (Plackett-Luce), or a two-class classifier trained on thumbs up/down (cross-entropy) whose
 positive-class logit is the reward."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from pydantic import Field
 
 from rlhf_exp.config import schema
+from rlhf_exp.core.listwise import plackett_luce_loss
 from rlhf_exp.core.reward import centering_loss, classifier_loss, pairwise_loss
 from rlhf_exp.modules.optim import adamw
 
@@ -17,7 +18,7 @@ from rlhf_exp.modules.optim import adamw
 @schema
 class RewardModelSettings:
     """`stage=reward_model` (conf/reward_model/default.yaml gives each its default and meaning)."""
-    objective: Literal["bradley_terry", "classifier"]
+    objective: Literal["bradley_terry", "plackett_luce", "classifier"]
     pairs: str | None           # pairs.jsonl; null = this pipeline's prepare output
     thumbs: str | None          # classifier: binary feedback; null = this pipeline's collect output
     class_names: Annotated[list[str], Field(min_length=2, max_length=2)]  # label 0 (thumbs down), 1 (up)
@@ -42,14 +43,17 @@ class RewardModule(pl.LightningModule):
     def on_fit_start(self):
         self.model.train()  # from_pretrained returns eval mode; dropout is on while the RM trains
 
-    def rewards(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward over the batch's distinct texts; (P,) rewards of each pair's chosen and rejected."""
-        r = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
-        return r[batch["chosen_idx"]], r[batch["rejected_idx"]]
+    def rewards(self, batch) -> torch.Tensor:
+        """One forward over the batch's distinct texts: (N,) rewards."""
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
 
     def _step(self, batch):
-        chosen, rejected = self.rewards(batch)
-        loss, stats = pairwise_loss(chosen, rejected, batch["margin"] if self.s.use_margin else None)
+        r = self.rewards(batch)
+        chosen, rejected = r[batch["chosen_idx"]], r[batch["rejected_idx"]]
+        if self.s.objective == "plackett_luce":  # each comparison set's whole ranking at once
+            loss, stats = plackett_luce_loss(r[batch["set_idx"]], batch["set_rank"], batch["set_mask"])
+        else:
+            loss, stats = pairwise_loss(chosen, rejected, batch["margin"] if self.s.use_margin else None)
         if self.s.center_coef:
             loss = loss + self.s.center_coef * centering_loss(chosen, rejected)
         return loss, stats, chosen, rejected

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from rlhf_exp.feedback.formats import load_pairs
-from rlhf_exp.modules.data import RowsDataModule, encode_pairs, pair_rows_collate
-from rlhf_exp.modules.dpo import DPOModule, DPOSettings, cache_reference_logps
+from rlhf_exp.modules.data import RowsDataModule, encode_pairs, encode_sets, pair_rows_collate, set_rows_collate
+from rlhf_exp.modules.dpo import DPOModule, DPOSettings, cache_reference_logps, pair_refs, set_refs
 from rlhf_exp.stages.context import StageContext
 
 
@@ -16,14 +16,17 @@ def run(ctx: StageContext, s: DPOSettings) -> None:
     tokenizer = spec.tokenizer()
     policy = spec.trainable(spec.causal_lm(tokenizer))  # LoRA adapters when model.lora_r > 0
     pairs = load_pairs(ctx.input_path(s.pairs, "pairs", "algorithm.pairs"))
-    rows = encode_pairs(tokenizer, pairs, s.max_len)
-    collate = pair_rows_collate(tokenizer.pad_token_id)
-    cache_reference_logps(policy, rows, collate)  # the reference: the starting policy (LoRA: adapters off)
+    if s.loss_type == "plackett_luce":  # one row per comparison set, its ranking rebuilt from its pairs
+        rows, collate, refs = encode_sets(tokenizer, pairs, s.max_len), set_rows_collate(tokenizer.pad_token_id), set_refs
+    else:
+        rows, collate, refs = encode_pairs(tokenizer, pairs, s.max_len), pair_rows_collate(tokenizer.pad_token_id), pair_refs
+    cache_reference_logps(policy, rows, collate, refs=refs)  # the reference: the starting policy (LoRA: adapters off)
     dm = RowsDataModule(rows, collate, s.batch_size, s.val_fraction, ctx.cfg.seed)
     trainer = ctx.trainer("align", max_epochs=s.epochs)
     trainer.fit(DPOModule(policy, s), datamodule=dm)
 
     ctx.save_pretrained("aligned_policy", "policy", policy, tokenizer)
     shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("dpo/val/")}
-    print(f"align (dpo, {s.loss_type}, beta {s.beta}): {len(dm.train_rows)} train / {len(dm.val_rows)} val pairs; "
+    unit = "sets" if s.loss_type == "plackett_luce" else "pairs"
+    print(f"align (dpo, {s.loss_type}, beta {s.beta}): {len(dm.train_rows)} train / {len(dm.val_rows)} val {unit}; "
           + ", ".join(f"{k} {v:.3f}" for k, v in sorted(shown.items())))
