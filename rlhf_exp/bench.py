@@ -1,9 +1,11 @@
 """Benchmarks that report how close an iteration comes to the bare model work it needs.
 
     python -m rlhf_exp.bench ppo --batch 16 --resp-len 32 --ppo-epochs 4 --steps 8
+    python -m rlhf_exp.bench grpo --group-size 4                   # GRPO (or rloo) iterations, the same floor
     python -m rlhf_exp.bench ppo --model smollm2 --lora-r 16      # a real model (or --model DIR), LoRA
 
-Runs PPO iterations (the real PPOModule in a Lightning Trainer) on the tiny model (or the model
+Runs PPO iterations (the real PPOModule in a Lightning Trainer; `grpo` and `rloo`: GroupModule, no
+value head, each prompt answered --group-size times) on the tiny model (or the model
 given, trained as the `model` group trains it: LoRA when --lora-r > 0) with a reward model of the
 same backbone and, after each, the floor of the same shapes in the same process: a bare
 `generate` of as many tokens as the rollout had, the no-grad forwards (policy, reference, reward
@@ -65,11 +67,12 @@ class Interleaved(pl.Callback):
         self.floors.append(self.floor(batch, module))
 
 
-def ppo_floor(lm, ref, rm, opt, batch, s, width: int) -> dict[str, float]:
-    """The bare model work of one PPO iteration with the same shapes (see the module docstring)."""
+def ppo_floor(lm, ref, rm, opt, batch, s, width: int, group: int = 1, values: bool = True) -> dict[str, float]:
+    """The bare model work of one PPO iteration with the same shapes (see the module docstring); with
+    `group` > 1 each prompt is answered that many times, and without `values` no hidden state is read."""
     from rlhf_exp.models.value import position_ids, response_positions
     from rlhf_exp.modules.optim import clip_grad_norm
-    ids, att = batch["input_ids"], batch["attention_mask"]
+    ids, att = batch["input_ids"].repeat_interleave(group, 0), batch["attention_mask"].repeat_interleave(group, 0)
     params = opt.param_groups[0]["params"]
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -82,7 +85,7 @@ def ppo_floor(lm, ref, rm, opt, batch, s, width: int) -> dict[str, float]:
     kw = dict(attention_mask=full_att, position_ids=pos, logits_to_keep=response_positions(out, width),
               use_cache=False)
     with torch.no_grad():
-        lm(input_ids=out, output_hidden_states=True, **kw)       # old log-probs and values
+        lm(input_ids=out, output_hidden_states=values, **kw)     # old log-probs (and values)
         ref(input_ids=out, **kw)                                  # reference log-probs
         rm(input_ids=out, attention_mask=full_att, position_ids=pos)  # scores
     t2 = time.perf_counter()
@@ -90,7 +93,7 @@ def ppo_floor(lm, ref, rm, opt, batch, s, width: int) -> dict[str, float]:
     step_s = 0.0  # gradient clipping and optimizer steps, also reported apart
     for _ in range(s.ppo_epochs):
         for rows in torch.randperm(len(out)).split(size):
-            logits = lm(input_ids=out[rows], output_hidden_states=True,
+            logits = lm(input_ids=out[rows], output_hidden_states=values,
                         **{**kw, "attention_mask": full_att[rows], "position_ids": pos[rows]}).logits
             logprobs_from_logits(logits, out[rows, -width:]).mean().backward()  # log p of the sampled tokens
             t = time.perf_counter()
@@ -109,24 +112,29 @@ def bench_ppo(args) -> dict:
     from rlhf_exp.models.value import ActorCritic
     from rlhf_exp.modules.data import PromptDataModule
     from rlhf_exp.modules.optim import adamw
+    from rlhf_exp.modules.grpo import GroupModule
     from rlhf_exp.modules.ppo import PPOModule
     pl.seed_everything(0, verbose=False)
     tokenizer, lm, rm = models(args)
-    s = option("algorithm", "ppo", batch_size=args.batch, max_new_tokens=args.resp_len, ppo_epochs=args.ppo_epochs,
-                     minibatches=args.minibatches, max_steps=args.steps + args.warmup, sample_every=0)
+    group = args.group_size if args.bench != "ppo" else 1
+    s = option("algorithm", args.bench, batch_size=args.batch, max_new_tokens=args.resp_len, ppo_epochs=args.ppo_epochs,
+               minibatches=args.minibatches, max_steps=args.steps + args.warmup, sample_every=0,
+               **({"group_size": group} if group > 1 else {}))
     with tempfile.TemporaryDirectory() as tmp:
         rm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         reward = LearnedReward(path=tmp, normalize=False, batch_size=64, max_len=256)
         reward.loaded  # noqa: B018 -- load before timing
         prompts = World(0, 0.2).train_prompts
-        dm = PromptDataModule(prompts, tokenizer, s.batch_size, seed=0)
+        dm = PromptDataModule(prompts, tokenizer, s.batch_size // group, seed=0)
         floor_lm = copy.deepcopy(lm).eval()
         trained = [p for p in floor_lm.parameters() if p.requires_grad]
         floor_models = (floor_lm, reference(floor_lm), copy.deepcopy(rm).eval(),
                         adamw(trained, lr=s.lr, eps=1e-5)["optimizer"])  # built once, as the module's
-        module = PPOModule(ActorCritic(lm), reference(lm), tokenizer, reward, s)
-        timer = Interleaved(lambda batch, m: ppo_floor(*floor_models, batch, s, m.timings[-1]["width"]))
+        module = PPOModule(ActorCritic(lm), reference(lm), tokenizer, reward, s) if group == 1 else \
+            GroupModule(lm, reference(lm), tokenizer, reward, s)
+        timer = Interleaved(lambda batch, m: ppo_floor(*floor_models, batch, s, m.timings[-1]["width"], group,
+                                                       values=group == 1))
         trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, accelerator="cpu", callbacks=[timer])
         trainer.fit(module, datamodule=dm)
@@ -134,8 +142,9 @@ def bench_ppo(args) -> dict:
     measured = module.timings[args.warmup:]
     step = median(timer.steps[args.warmup:])
     floor = median(f["step"] for f in floors)
-    return {"bench": "ppo", "batch": args.batch, "resp_len": args.resp_len, "ppo_epochs": args.ppo_epochs,
-            "minibatches": args.minibatches, "steps": args.steps, **described(args),
+    return {"bench": args.bench, "batch": args.batch, "resp_len": args.resp_len, "ppo_epochs": args.ppo_epochs,
+            "minibatches": args.minibatches, **({"group_size": group} if group > 1 else {}), "steps": args.steps,
+            **described(args),
             "median_step_s": round(step, 4),
             "median_rollout_s": round(median(t["rollout_s"] for t in measured), 4),
             "median_update_s": round(median(t["update_s"] for t in measured), 4),
@@ -209,18 +218,29 @@ def main(argv=None) -> None:
     ppo.add_argument("--minibatches", type=int, default=4)
     ppo.add_argument("--steps", type=int, default=16, help="iterations measured (after --warmup)")
     ppo.add_argument("--warmup", type=int, default=2, help="iterations run first and not measured")
+    groups = []
+    for name in ("grpo", "rloo"):
+        g = sub.add_parser(name, help=f"{name.upper()} iterations against their floor")
+        g.add_argument("--batch", type=int, default=16, help="responses per iteration")
+        g.add_argument("--group-size", type=int, default=4, help="responses per prompt")
+        g.add_argument("--resp-len", type=int, default=32, help="response tokens")
+        g.add_argument("--ppo-epochs", type=int, default=2)
+        g.add_argument("--minibatches", type=int, default=2)
+        g.add_argument("--steps", type=int, default=16, help="iterations measured (after --warmup)")
+        g.add_argument("--warmup", type=int, default=2, help="iterations run first and not measured")
+        groups.append(g)
     dpo = sub.add_parser("dpo", help="DPO steps against their floor")
     dpo.add_argument("--batch", type=int, default=16, help="pairs per step")
     dpo.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (half prompt, half completion)")
     dpo.add_argument("--steps", type=int, default=30, help="steps measured (after --warmup)")
     dpo.add_argument("--warmup", type=int, default=3)
-    for p in (ppo, dpo):
+    for p in (ppo, *groups, dpo):
         for name, default in (("--n-layer", 2), ("--n-head", 4), ("--n-embd", 128)):
             p.add_argument(name, type=int, default=default, help="tiny model size (without --model)")
         p.add_argument("--model", default=None, help="smollm2, or a model directory (default: the tiny GPT-2)")
         p.add_argument("--lora-r", type=int, default=0, help="LoRA rank of the policy (0: full fine-tuning)")
     args = parser.parse_args(argv)
-    print(json.dumps(bench_ppo(args) if args.bench == "ppo" else bench_dpo(args)))
+    print(json.dumps(bench_dpo(args) if args.bench == "dpo" else bench_ppo(args)))
 
 
 if __name__ == "__main__":

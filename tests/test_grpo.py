@@ -3,7 +3,6 @@ of equal scores teaches nothing), metrics under each algorithm's prefix, stoppin
 import copy
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from rlhf_exp.config import ConfigError
@@ -13,23 +12,9 @@ from rlhf_exp.modules.data import PromptDataModule
 from rlhf_exp.modules.grpo import GroupModule
 from rlhf_exp.modules.pg import InvariantError
 from tests.conftest import settings
+from tests.test_ppo import ConstantReward, policy, trainer  # a tiny policy that often ends with EOS
 
 PROMPTS = World(0, 0.2).train_prompts[:12]
-
-
-def policy(spec, tok, seed=0):
-    """A tiny policy that often ends with EOS within 12 tokens (a hook raises the EOS logit)."""
-    torch.manual_seed(seed)
-    lm = spec.causal_lm(tok)
-    bias = torch.zeros(len(tok))
-    bias[tok.eos_token_id] = 2.5
-    lm.lm_head.register_forward_hook(lambda module, args, out: out + bias)
-    return lm
-
-
-def trainer(**kw):
-    return pl.Trainer(**{"max_epochs": -1, "logger": False, "enable_checkpointing": False,
-                         "enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu", **kw})
 
 
 def group(spec, tok, algorithm, reward=None, **overrides):
@@ -39,14 +24,6 @@ def group(spec, tok, algorithm, reward=None, **overrides):
     lm = policy(spec, tok)
     module = GroupModule(lm, copy.deepcopy(lm), tok, reward or GoldReward(component="overall"), s)
     return module, PromptDataModule(PROMPTS, tok, s.batch_size // s.group_size, seed=0)
-
-
-class ConstantReward:
-    def __init__(self, value):
-        self.value = value
-
-    def score(self, prompts, completions):
-        return torch.full((len(prompts),), self.value)
 
 
 @pytest.mark.parametrize("algorithm,overrides", [("grpo", {}), ("grpo", {"kl_penalty": "reward"}),
