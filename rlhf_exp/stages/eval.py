@@ -138,7 +138,8 @@ def run(ctx: StageContext) -> None:
     if hasattr(reward, "to"):
         reward.to(device)
     rewards, metrics = {k: reward.score(flat_prompts, v).tolist() for k, v in texts.items()}, {}
-    if s.best_of_n:
+    if s.best_of_n:  # seeded anew: the same best-of-n samples whichever policy was aligned
+        torch.manual_seed(ctx.cfg.seed)
         texts["bon"], rewards["bon"], metrics["eval/kl/bon_ref"] = best_of_n(ref, tokenizer, reward, prompts, s)
         metrics["eval/kl/bon_bound"] = best_of_n_kl_bound(s.best_of_n)
     wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards["policy"], rewards["ref"])]
