@@ -111,3 +111,12 @@ def test_the_walk_of_clip_eps_in_architecture_md_points_at_the_lines_it_names():
     for path, line in refs:
         text = (CONF.parent / path).read_text().splitlines()[int(line) - 1]
         assert "clip_eps" in text or "instantiate(" in text, (path, line, text)
+
+
+def test_a_pipeline_reads_its_own_reward_model_with_the_source_made_for_it():
+    with pytest.raises(ConfigError, match="expected reward_model.objective=classifier"):
+        validate_config(compose("reward=classifier"))
+    with pytest.raises(ConfigError, match="expected reward=classifier"):
+        validate_config(compose("reward_model.objective=classifier"))
+    validate_config(compose("reward=classifier", "reward_model.objective=classifier"))
+    validate_config(compose("reward=classifier", "stage=align"))  # one stage: the classifier is given by path

@@ -11,7 +11,7 @@ import pydantic
 from omegaconf import DictConfig, OmegaConf
 from pydantic import Field
 
-from rlhf_exp.config import collect, schema
+from rlhf_exp.config import ConfigError, collect, schema
 from rlhf_exp.stages import align, collect as collect_stage, eval as eval_stage, prepare, reward_model, sft
 from rlhf_exp.stages.context import StageContext
 from rlhf_exp.stages.tracked import Tracking
@@ -65,7 +65,24 @@ def validate_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> d
     sources = {name: f"conf/{name}/{choices[name]}.yaml" for name in nodes if choices.get(name)}
     built = collect(nodes, sources)
     built["run"] = built.pop("")
+    check_reward_wiring(built)
     return built
+
+
+def check_reward_wiring(built: dict) -> None:
+    """A pipeline's own reward model is read by the reward source made for it: a one-output reward
+    model by reward=learned, a classifier (reward_model.objective=classifier) by reward=classifier."""
+    from rlhf_exp.models.reward import ClassifierReward, LearnedReward
+    reward, objective = built["reward"], built["reward_model"].objective
+    if built["run"].stage != "pipeline" or built["run"].reuse:
+        return
+    if isinstance(reward, ClassifierReward) and not reward.name_or_path and objective != "classifier":
+        raise ConfigError(f"reward=classifier reads this pipeline's reward model, which reward_model.objective = "
+                          f"{objective!r} trains with one output; expected reward_model.objective=classifier "
+                          "(or reward.name_or_path=DIR)")
+    if isinstance(reward, LearnedReward) and not reward.path and objective == "classifier":
+        raise ConfigError("reward_model.objective = 'classifier' trains a classifier, which reward=learned would "
+                          "read as a one-output reward model; expected reward=classifier")
 
 
 def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> float | None:
