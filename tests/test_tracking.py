@@ -20,6 +20,8 @@ def test_parent_and_nested_runs(tmp_path):
     assert len(c.data.params) == 150 and c.data.metrics == {"prepare/data/pairs": 7.0}
     assert [a.path for a in client.list_artifacts(child.id)] == ["out.txt"]
     assert c.info.status == "FINISHED" and client.get_run(parent.id).info.status == "FINISHED"
+    # the experiment opens in the MLflow UI's model-training view (its runs table), not the GenAI overview
+    assert client.get_experiment_by_name("t").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_a_failing_run_is_marked_failed(tmp_path):
@@ -37,3 +39,10 @@ def test_no_tracker_accepts_the_same_calls():
         run.log_metrics({"b": 2.0})
         run.log_text("t", "t.txt")
     assert run.id is None
+
+
+def test_an_experiment_made_by_an_earlier_version_gets_its_kind(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(uri).create_experiment("old", artifact_location=(tmp_path / "art").as_uri())
+    MLflowTracker(tracking_uri=uri, experiment_name="old", artifact_location=str(tmp_path / "art")).experiment_id()
+    assert MlflowClient(uri).get_experiment_by_name("old").tags["mlflow.experimentKind"] == "custom_model_development"

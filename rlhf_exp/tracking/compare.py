@@ -214,9 +214,8 @@ def main(argv=None) -> None:
         report += ["## Over-optimisation (Gao et al., 2022)", "",
                    "Gain over the reference against d = sqrt(KL); best-of-n fitted with R(d) = d·(α − β·d), "
                    "RL with R(d) = d·(α − β·log d).", "", fits, "", "![overoptimization](overoptimization.png)", ""]
-        print("\n" + fits)
     (out / "compare.md").write_text("\n".join(report), encoding="utf-8")
-    print(text)
+    print(text + (f"\n\nover-optimisation (Gao et al.):\n{fits}" if fits else ""))
 
     exp = client.get_experiment_by_name(args.experiment)
     summary = client.create_run(exp.experiment_id, run_name="compare",

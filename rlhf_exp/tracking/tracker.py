@@ -72,6 +72,9 @@ class NullRun:
     def lightning_logger(self): return False  # Lightning: no logger
 
 
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # the UI's view
+
+
 @schema
 class MLflowTracker:
     """Runs in an MLflow tracking store (default: the sqlite file `outputs/mlflow.db`)."""
@@ -115,13 +118,21 @@ class MLflowTracker:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def experiment_id(self) -> str:
+        """The experiment's id, created on first use (one process at a time). It is tagged as model
+        training (`mlflow.experimentKind`), so the MLflow UI opens it on its runs table rather than
+        on the GenAI overview it shows by default. With a tracking server, its own artifact store
+        keeps the artifacts; with a local store, `artifact_location`."""
         client = self.client
-        with self._store_lock():  # get or create, one process at a time
+        with self._store_lock():
             exp = client.get_experiment_by_name(self.experiment_name)
-            if exp is not None:
-                return exp.experiment_id
-            location = Path(self.artifact_location).resolve().as_uri()
-            return client.create_experiment(self.experiment_name, artifact_location=location)
+            if exp is None:
+                remote = self.tracking_uri.startswith(("http://", "https://"))
+                location = None if remote else Path(self.artifact_location).resolve().as_uri()
+                return client.create_experiment(self.experiment_name, artifact_location=location,
+                                                tags={EXPERIMENT_KIND: MODEL_TRAINING})
+            if exp.tags.get(EXPERIMENT_KIND) is None:  # made by an earlier version
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+            return exp.experiment_id
 
     @contextlib.contextmanager
     def run(self, name: str, tags: Mapping[str, object] | None = None,
