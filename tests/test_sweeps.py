@@ -100,3 +100,19 @@ def test_a_parallel_sweep_on_a_fresh_store_records_every_run_param_and_metric(cl
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len({frozenset(r.data.metrics) for r in runs}) == 1 and "prepare/data/pairs" in runs[0].data.metrics
     assert len({len(r.data.params) for r in runs}) == 1
+
+
+def test_a_submitit_sweep_records_every_job_and_names_the_failed_one(cli, tmp_path):
+    """hydra/launcher=submitit_local: each job a process of its own, as on a Slurm cluster
+    (hydra/launcher=slurm, conf/hydra/launcher/slurm.yaml); the failed-jobs list reads the shared sweep dir."""
+    (tmp_path / "good.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    proc = cli("-m", "hydra/launcher=submitit_local", "stage=prepare", "data=files",
+               "data.feedback=good.jsonl,missing.jsonl", "hydra.sweep.dir=outputs/sweep", check=False)
+    assert proc.returncode == 1 and "1 of 2 jobs failed" in proc.stderr and "missing.jsonl" in proc.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    exp = client.get_experiment_by_name("rlhf")
+    runs = client.search_runs([exp.experiment_id], "tags.sweep_id = 'outputs/sweep'")
+    by_job = {r.data.tags["sweep_job"]: r for r in runs}
+    assert sorted(by_job) == ["0", "1"] and by_job["0"].info.status == "FINISHED"
+    assert by_job["0"].data.metrics["prepare/data/pairs"] == 1 and by_job["1"].info.status == "FAILED"
+    assert (tmp_path / "outputs/sweep/0/pairs.jsonl").is_file() and (tmp_path / "outputs/sweep/1/FAILED").is_file()
