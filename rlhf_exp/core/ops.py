@@ -47,11 +47,12 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  moments: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(x − mean) / std over the masked entries; the mean is kept when `shift_mean` is False.
-    Masked-out positions come back as 0. x, mask: (B, T) -> (B, T)."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    Masked-out positions come back as 0. `moments` (mean, unbiased variance) computed elsewhere (over
+    every rank's batch) replace the local ones. x, mask: (B, T) -> (B, T)."""
+    mean, var = moments if moments is not None else (masked_mean(x, mask), masked_var(x, mask))
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -23,6 +23,7 @@ from rlhf_exp.core.grpo import group_advantages, reinforce_loss, rloo_advantages
 from rlhf_exp.core.kl import KL_ESTIMATORS
 from rlhf_exp.core.ops import AGGREGATIONS, aggregate_loss, entropy_from_logits, logprobs_from_logits, masked_mean
 from rlhf_exp.core.ppo import policy_loss
+from rlhf_exp.distributed import world_size
 from rlhf_exp.models.value import response_logits
 from rlhf_exp.modules.optim import adamw
 from rlhf_exp.modules.pg import (check_first_minibatch, kl_controller, load_loop_state, log_iteration, loop_state,
@@ -189,9 +190,9 @@ class GroupModule(pl.LightningModule):
         update_stats, epochs = update_epochs(self, exp, self.minibatch_loss, self.s, self.prefix, self.shuffle,
                                              self.check_invariants if self.s.check_invariants else None)
         t2 = time.perf_counter()
+        stats = log_iteration(self, self.prefix, {**stats, **update_stats}, exp, epochs, t0, t1, t2)  # global
         if self.kl_ctl is not None:
-            self.kl_ctl.update(stats[f"{self.prefix}/kl/ref"].item(), len(exp))
-        stats = log_iteration(self, self.prefix, {**stats, **update_stats}, exp, epochs, t0, t1, t2)
+            self.kl_ctl.update(stats[f"{self.prefix}/kl/ref"], len(exp) * world_size())
         self.iteration += 1
         self.score_means.append(stats[f"{self.prefix}/reward/score_mean"])
         self.stop_reason = stop_reason(self.score_means, self.iteration, self.s)

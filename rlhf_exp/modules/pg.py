@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from rlhf_exp.core.ppo import AdaptiveKLController, FixedKLController
+from rlhf_exp.distributed import global_mean
 from rlhf_exp.models.generation import Rollout, generate
 from rlhf_exp.modules.metrics import to_floats
 from rlhf_exp.modules.optim import clip_grad_norm
@@ -78,7 +79,8 @@ def update_epochs(module, exp, minibatch_loss: Callable, s, prefix: str, generat
             mb_stats[f"{prefix}/policy/grad_norm"] = clip_grad_norm(module.trained, s.max_grad_norm)
             opt.step()
             stats.append(mb_stats)
-            past_target = s.target_kl is not None and mb_stats[f"{prefix}/policy/approx_kl"].item() > s.target_kl
+            past_target = s.target_kl is not None and \
+                global_mean({"kl": mb_stats[f"{prefix}/policy/approx_kl"]})["kl"].item() > s.target_kl  # every rank alike
             if past_target:
                 break
         epochs += 1
@@ -103,12 +105,13 @@ def sample_rows(iteration: int, prompts: list, texts: list[str], scores: torch.T
 
 
 def log_iteration(module, prefix: str, stats: dict, exp, epochs: int, t0: float, t1: float, t2: float) -> dict:
-    """Add the update and timing figures to an iteration's stats, log them (and score and KL to the
-    progress bar), note the timings in `module.timings`; returns the stats as floats."""
+    """Add the update and timing figures to an iteration's stats, average them over the ranks (so the
+    logged figures, the stopping rule and the KL controller read the whole batch's), log them (and
+    score and KL to the progress bar), note the timings in `module.timings`; returns them as floats."""
     tokens = exp.mask.sum().item()
     stats.update({f"{prefix}/update/epochs": float(epochs), f"{prefix}/perf/rollout_s": t1 - t0,
                   f"{prefix}/perf/update_s": t2 - t1, f"{prefix}/perf/tokens_per_s": tokens / (t2 - t0)})
-    stats = to_floats(stats)
+    stats = to_floats(global_mean(stats))
     module.log_dict(stats, on_step=True, on_epoch=False, batch_size=len(exp))
     module.log_dict({"score": stats[f"{prefix}/reward/score_mean"], "kl": stats[f"{prefix}/kl/ref"]},
                     prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=len(exp))

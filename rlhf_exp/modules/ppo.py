@@ -18,6 +18,7 @@ from rlhf_exp.config import schema
 from rlhf_exp.core.kl import KL_ESTIMATORS
 from rlhf_exp.core.ops import entropy_from_logits, logprobs_from_logits, masked_mean, masked_whiten
 from rlhf_exp.core.ppo import gae, policy_loss, shape_rewards, total_loss, value_loss
+from rlhf_exp.distributed import masked_moments, world_size
 from rlhf_exp.modules.optim import adamw
 from rlhf_exp.modules.pg import (InvariantError, check_first_minibatch, kl_controller, load_loop_state,  # noqa: F401
                                  log_iteration, loop_state, sample_rows, sample_scored, stop_reason, update_epochs)
@@ -112,11 +113,11 @@ class PPOModule(pl.LightningModule):
         mask = roll.mask
         kl = self.kl_estimator(logprobs, ref_logprobs) * mask                              # (B, T)
         rewards, reward_stats = shape_rewards(scores, kl, mask, self.kl_ctl.value)
-        if s.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        if s.whiten_rewards:  # over every rank's batch (`distributed.masked_moments`)
+            rewards = masked_whiten(rewards, mask, shift_mean=False, moments=masked_moments(rewards, mask))
         advantages, returns = gae(rewards, values, mask, s.gamma, s.lam)
         if s.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, mask, moments=masked_moments(advantages, mask))
         exp = Experience(roll.input_ids, roll.attention_mask, roll.response, mask, logprobs, advantages,
                          values=values, returns=returns)
         stats = {"ppo/reward/score_mean": scores.mean(), "ppo/reward/score_std": scores.std(correction=0),
@@ -164,8 +165,8 @@ class PPOModule(pl.LightningModule):
         update_stats, epochs = update_epochs(self, exp, self.minibatch_loss, self.s, "ppo", self.shuffle,
                                              self.check_invariants if self.s.check_invariants else None)
         t2 = time.perf_counter()
-        self.kl_ctl.update(stats["ppo/kl/ref"].item(), len(exp))
-        stats = log_iteration(self, "ppo", {**stats, **update_stats}, exp, epochs, t0, t1, t2)
+        stats = log_iteration(self, "ppo", {**stats, **update_stats}, exp, epochs, t0, t1, t2)  # global
+        self.kl_ctl.update(stats["ppo/kl/ref"], len(exp) * world_size())
         self.after_iteration(stats["ppo/reward/score_mean"])
         return stats  # checked by the stage's StopOnNonFinite callback
 

@@ -19,6 +19,10 @@ class StageContext:
     run_dir: Path                   # the Hydra run dir; every output of the run goes under it
     run: Any                        # the stage's tracked run (TrackedRun, or NullRun for logger=none)
     outputs: dict[str, Path] = field(default_factory=dict)  # files of earlier stages, by name
+    main_dir: Path | None = None    # rank 0's run dir (another rank of a DDP run writes into a scratch run_dir)
+
+    def __post_init__(self):
+        self.main_dir = self.main_dir or self.run_dir
 
     def input_path(self, explicit: str | None, output: str, key: str) -> Path:
         """A stage's input: the path given on the command line, else an earlier stage's output."""
@@ -50,6 +54,13 @@ class StageContext:
         reward.models = self.built["model"]
         return reward
 
+    def world_size(self) -> int:
+        """How many processes train together: devices × nodes under a multi-process strategy, else 1."""
+        t = self.cfg.trainer
+        if not any(k in str(t.get("strategy", "auto")) for k in ("ddp", "fsdp")):
+            return 1
+        return int(t.get("devices", 1)) * int(t.get("num_nodes", 1))
+
     def device(self):
         """Where the stages that only sample (collect, eval) run: the `trainer` group's accelerator
         (`auto`: the first GPU when there is one), as the trained stages do under Lightning."""
@@ -73,9 +84,14 @@ class StageContext:
 
     def save_pretrained(self, name: str, dirname: str, model, tokenizer) -> Path:
         """Save a model and its tokenizer with save_pretrained to run_dir/dirname (a LoRA model: merged
-        there, and its adapter in dirname_adapter/); record it as `name`."""
+        there, and its adapter in dirname_adapter/); record it as `name`. In a DDP run rank 0 writes
+        it and the other ranks (whose weights are the same) wait, then read rank 0's."""
+        from rlhf_exp.distributed import barrier, is_main
         from rlhf_exp.models.training import save_trained
-        out, *adapter = save_trained(model, tokenizer, self.run_dir / dirname)
+        written = save_trained(model, tokenizer, self.main_dir / dirname) if is_main() else None
+        barrier()
+        out, *adapter = written or [self.main_dir / dirname] + (
+            [self.main_dir / f"{dirname}_adapter"] if (self.main_dir / f"{dirname}_adapter").is_dir() else [])
         for path in adapter:
             self.save(f"{name}_adapter", path)
         return self.save(name, out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
+from rlhf_exp.distributed import rank
 from rlhf_exp.files import write_jsonl
 from rlhf_exp.models.training import reference
 from rlhf_exp.modules.data import PromptDataModule
@@ -12,13 +13,15 @@ from rlhf_exp.stages.context import StageContext
 
 
 def run(ctx: StageContext, s: GRPOSettings | RLOOSettings) -> None:
-    pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
+    # each rank of a DDP run samples rollouts of its own (DDP gives every rank rank 0's weights)
+    pl.seed_everything(ctx.cfg.seed + rank(), workers=True, verbose=False)
     spec = ctx.model_spec(s.policy, "policy")
     tokenizer = spec.tokenizer()
     lm = spec.trainable(spec.causal_lm(tokenizer))   # LoRA adapters when model.lora_r > 0
     module = GroupModule(lm, reference(lm), tokenizer, ctx.reward_source(), s, seed=ctx.cfg.seed)
-    # each batch: batch_size / group_size prompts, each answered group_size times
-    dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size // s.group_size, ctx.cfg.seed)
+    # each batch: batch_size / group_size prompts (shared among the ranks), each answered group_size times
+    dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer,
+                          s.batch_size // s.group_size // ctx.world_size(), ctx.cfg.seed)  # per rank
     # manual optimisation clips its own gradients (algorithm.max_grad_norm); log every iteration
     trainer = ctx.trainer("align", max_epochs=-1, gradient_clip_val=None, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path)

@@ -12,9 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import Field
 
 from rlhf_exp.config import ConfigError, collect, schema
+from rlhf_exp.distributed import is_main, rank
 from rlhf_exp.stages import align, collect as collect_stage, eval as eval_stage, prepare, reward_model, sft
 from rlhf_exp.stages.context import StageContext
 from rlhf_exp.stages.tracked import Tracking
+from rlhf_exp.tracking.tracker import NoTracker
 
 STAGES = {"sft": sft.run, "collect": collect_stage.run, "prepare": prepare.run,
           "reward_model": reward_model.run, "align": align.run, "eval": eval_stage.run}  # in pipeline order
@@ -66,7 +68,30 @@ def validate_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> d
     built = collect(nodes, sources)
     built["run"] = built.pop("")
     check_reward_wiring(built)
+    check_strategy(cfg, built)
     return built
+
+
+def check_strategy(cfg: DictConfig, built: dict) -> None:
+    """Lightning's FSDP does not support manual optimisation (Lightning issues #19685, #19626), which
+    the on-policy algorithms use: refuse it for them, before any work."""
+    from rlhf_exp.modules.grpo import GRPOSettings, RLOOSettings
+    from rlhf_exp.modules.ppo import PPOSettings
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if "fsdp" in strategy and isinstance(built["algorithm"], (PPOSettings, GRPOSettings, RLOOSettings)) \
+            and built["run"].stage in ("pipeline", "align"):
+        raise ConfigError(f"trainer.strategy = {strategy!r} with algorithm={type(built['algorithm']).__name__[:-8].lower()}: "
+                          "Lightning's FSDP does not support manual optimisation (Lightning issues #19685, #19626), "
+                          "which PPO, GRPO and RLOO use; expected trainer=ddp (FSDP serves SFT, the reward model and DPO)")
+    a = built["algorithm"]
+    if any(k in strategy for k in ("ddp", "fsdp")) and isinstance(a, (PPOSettings, GRPOSettings, RLOOSettings)):
+        world = int(cfg.trainer.get("devices", 1)) * int(cfg.trainer.get("num_nodes", 1))
+        prompts = a.batch_size // getattr(a, "group_size", 1)
+        if prompts % world or a.minibatches > a.batch_size // world:
+            raise ConfigError(f"algorithm.batch_size = {a.batch_size} over {world} processes (trainer.devices × "
+                              f"trainer.num_nodes): expected each rank an equal share of the "
+                              f"{'prompts' if prompts != a.batch_size else 'rollouts'} and at least "
+                              f"algorithm.minibatches ({a.minibatches}) rollouts")
 
 
 def check_reward_wiring(built: dict) -> None:
@@ -90,7 +115,11 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
     the pipeline's evaluation, if there was one. Raises UserError on bad input."""
     built = validate_config(cfg, choices)
     stage = built["run"].stage
-    run_dir = Path(cfg.paths.output_dir)
+    run_dir = main_dir = Path(cfg.paths.output_dir)
+    main = is_main()
+    if not main:  # another rank of a DDP run: the same work, its files in a scratch dir, no tracking
+        run_dir = run_dir / f".rank{rank()}"
+        built = {**built, "logger": NoTracker()}
     run_dir.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, Path] = {}  # files of the stages run so far, passed on to the next
     tags = {"algorithm": choices.get("algorithm") or type(built["algorithm"]).__name__, "seed": cfg.seed,
@@ -103,10 +132,11 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
     def run_stage(name: str, parent=None) -> None:
         with tracking.run(name, parent) as run:
             t0 = time.perf_counter()
-            STAGES[name](StageContext(cfg, built, run_dir, run, outputs))
+            STAGES[name](StageContext(cfg, built, run_dir, run, outputs, main_dir))
             seconds = time.perf_counter() - t0
             run.log_metrics({f"{name}/perf/seconds": seconds})
-            print(f"[{name}] done in {seconds:.1f} s; outputs in {run_dir}")
+            if main:
+                print(f"[{name}] done in {seconds:.1f} s; outputs in {run_dir}")
 
     if stage != "pipeline":
         run_stage(stage)
@@ -118,6 +148,8 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
             return None
         summary = json.loads(outputs["eval_summary"].read_text(encoding="utf-8"))
         parent.log_metrics({k: v for k, v in summary.items() if k.startswith("eval/")})
+    if not main:
+        return summary.get(cfg.metric)
     print(f"\n== before (reference) and after (aligned), {summary['prompts']} held-out prompts ==\n"
           f"{eval_stage.summary_table(summary)}\noutputs: {run_dir}")
     return summary.get(cfg.metric)

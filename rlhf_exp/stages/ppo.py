@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from rlhf_exp.config import ConfigError
+from rlhf_exp.distributed import rank
 from rlhf_exp.files import write_jsonl
 from rlhf_exp.models.training import reference
 from rlhf_exp.models.value import ActorCritic
@@ -32,7 +33,8 @@ def critic_for(s: PPOSettings, lm, tokenizer, reward):
 
 
 def run(ctx: StageContext, s: PPOSettings) -> None:
-    pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
+    # each rank of a DDP run samples rollouts of its own (DDP gives every rank rank 0's weights)
+    pl.seed_everything(ctx.cfg.seed + rank(), workers=True, verbose=False)
     spec = ctx.model_spec(s.policy, "policy")
     tokenizer = spec.tokenizer()
     lm = spec.trainable(spec.causal_lm(tokenizer))   # LoRA adapters when model.lora_r > 0
@@ -40,7 +42,8 @@ def run(ctx: StageContext, s: PPOSettings) -> None:
     ref = reference(lm)                                 # with LoRA: the same network, adapters off
     module = PPOModule(ActorCritic(lm, critic_for(s, lm, tokenizer, reward)), ref, tokenizer, reward, s,
                        seed=ctx.cfg.seed)
-    dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size, ctx.cfg.seed)
+    # each rank samples its share of the batch (Lightning gives it its share of the prompts)
+    dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size // ctx.world_size(), ctx.cfg.seed)
     # manual optimisation clips its own gradients (algorithm.max_grad_norm); log every iteration
     trainer = ctx.trainer("align", max_epochs=-1, gradient_clip_val=None, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path)

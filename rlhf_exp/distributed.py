@@ -1,0 +1,64 @@
+"""Several processes (Lightning's DDP or FSDP, `trainer=ddp`): which one this is, and the statistics
+that every rank must agree on. Every rank runs the same pipeline; the trained stages are data-parallel
+(Lightning shards the data and averages the gradients), and every decision that depends on a batch
+(whitening, the KL controller, early stops, logged statistics) reads figures gathered across ranks,
+so the ranks take the same decisions and keep the same weights. In one process these functions
+compute exactly what the local ones do."""
+from __future__ import annotations
+
+import torch
+
+
+def rank() -> int:
+    """This process's global rank (0 in a single process); known before the process group exists,
+    from the environment Lightning's launcher (or torchrun, or Slurm) sets."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if initialized() else 1
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing in one process)."""
+    if initialized():
+        torch.distributed.barrier()
+
+
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """Σ over ranks of a tensor (itself in one process)."""
+    if not initialized():
+        return x
+    x = x.clone()
+    torch.distributed.all_reduce(x)
+    return x
+
+
+def global_mean(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each scalar statistic averaged over the ranks, in one collective (the same dict in one process)."""
+    if not initialized() or not stats:
+        return stats
+    keys = list(stats)
+    values = all_sum(torch.stack([torch.as_tensor(stats[k]).float().reshape(()) for k in keys])) / world_size()
+    return dict(zip(keys, values))
+
+
+def masked_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(mean, Bessel-corrected variance) of the masked entries of every rank's x, for whitening a batch
+    that is spread over ranks; None in one process (whiten with the local moments, as before)."""
+    if not initialized():
+        return None
+    m = mask.to(x.dtype)
+    sums = all_sum(torch.stack([(x * m).sum(), m.sum(), (x * x * m).sum()]))
+    n = sums[1]
+    mean = sums[0] / n
+    return mean, (sums[2] / n - mean * mean) * n / (n - 1)

@@ -1,0 +1,56 @@
+"""Several processes on this CPU (Lightning DDP, gloo): the whole pipeline with one MLflow run per
+stage and rank 0 writing; PPO, GRPO and RLOO ranks that sample their own rollouts but take every
+decision on the statistics of the whole batch, so their weights stay identical."""
+import json
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "rloo"])
+def test_ranks_keep_identical_weights_and_log_the_whole_batch(algorithm, tiny_spec, tmp_path):
+    spec = tiny_spec(dropout=0.0)
+    spec.tokenizer()  # trained once, before the two processes read it
+    out = tmp_path / "seen.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/ddp_check.py"), algorithm, spec.tokenizer_dir, str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert len(rows) == 3
+    for row in rows:
+        assert row["same_weights"]                           # after every iteration
+        assert row["ranks_scores_differ"]                    # each rank sampled rollouts of its own
+        assert row["logged_score_mean"] == pytest.approx(row["union_score_mean"], abs=1e-5)
+        assert row["kl_coefs"][0] == row["kl_coefs"][1]      # one KL controller, fed the global KL
+    if algorithm != "grpo":
+        assert rows[-1]["kl_coefs"][0] != pytest.approx(0.2 if algorithm == "ppo" else 0.05)  # and it moved
+
+
+def test_the_pipeline_runs_with_ddp_on_two_processes(cli, tmp_path):
+    proc = cli("experiment=smoke", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
+    client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("rlhf").experiment_id])
+    assert sorted(r.data.tags["stage"] for r in runs) == sorted(
+        ["pipeline", "sft", "collect", "prepare", "reward_model", "align", "eval"])  # one run per stage, not per rank
+    assert all(r.info.status == "FINISHED" for r in runs)
+    align = next(r for r in runs if r.data.tags["stage"] == "align")
+    assert [m.step for m in client.get_metric_history(align.info.run_id, "ppo/reward/score_mean")] == [0, 1]
+    run = tmp_path / "outputs/run"
+    for name in ("sft", "reward_model", "policy"):  # written once, by rank 0
+        assert (run / name / "config.json").is_file() and not (run / ".rank1" / name).exists()
+    # rank 1 evaluated the same policy and reference with the same seed: the same figures
+    assert json.loads((run / "eval_summary.json").read_text()) == json.loads((run / ".rank1/eval_summary.json").read_text())
+    assert proc.stdout.count("== before (reference) and after (aligned)") == 1
+
+
+def test_fsdp_is_refused_for_the_on_policy_algorithms(cli):
+    proc = cli("trainer=fsdp", "algorithm=grpo", check=False)
+    assert proc.returncode == 2 and "does not support manual optimisation" in proc.stderr
+    proc = cli("trainer=ddp", "trainer.devices=3", "experiment=smoke", check=False)
+    assert proc.returncode == 2 and "algorithm.batch_size = 8 over 3 processes" in proc.stderr
