@@ -12,7 +12,8 @@ from tests.conftest import CONF, compose
 GROUPS = ["algorithm", "model", "reward", "data", "trainer", "logger", "paths", "experiment", "sft", "collect",
           "prepare", "reward_model", "eval"]
 REQUIRED = {("model", "hf"): ["model.name_or_path=/tmp/m"],
-            ("reward", "classifier"): ["reward.name_or_path=/tmp/c", "reward.positive_label=nothate"]}
+            ("reward", "classifier"): ["reward.name_or_path=/tmp/c", "reward.positive_label=nothate"],
+            ("trainer", "fsdp"): ["algorithm=dpo"]}  # FSDP serves SFT, the reward model and DPO
 
 
 def options():
