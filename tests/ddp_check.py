@@ -59,15 +59,15 @@ def main(algorithm: str, tokenizer_dir: str, out: str) -> None:
     reward = LengthReward()
     if algorithm == "ppo":
         s = option("algorithm", "ppo", **common)
-        module, per_rank = PPOModule(ActorCritic(lm), reference(lm), tok, reward, s), s.batch_size // 2
+        module, prompts = PPOModule(ActorCritic(lm), reference(lm), tok, reward, s), s.batch_size
     else:
         s = option("algorithm", algorithm, group_size=2, **common)
-        module, per_rank = GroupModule(lm, reference(lm), tok, reward, s), s.batch_size // s.group_size // 2
+        module, prompts = GroupModule(lm, reference(lm), tok, reward, s), s.batch_size // s.group_size
     gather = Gather(reward, algorithm)
     trainer = pl.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_epochs=-1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[gather])
-    trainer.fit(module, datamodule=PromptDataModule(World(0, 0.2).train_prompts, tok, per_rank, seed=0))
+                         callbacks=[gather], use_distributed_sampler=False)  # the data module shards
+    trainer.fit(module, datamodule=PromptDataModule(World(0, 0.2).train_prompts, tok, prompts, seed=0))  # shared
     if trainer.global_rank == 0:
         Path(out).write_text(json.dumps(gather.rows))
 

@@ -163,8 +163,38 @@ def pair_collate(tokenizer, max_len: int):
     return collate
 
 
+class ShardedSampler(torch.utils.data.Sampler):
+    """The order a seeded `RandomSampler` gives in one process, of which each of W ranks takes its share
+    (rank r the entries r, r + W, …, the order cut to a multiple of W): with batches of B / W, the union
+    of the ranks' t-th batches is the single process's t-th batch of B. In one process it is that
+    RandomSampler, draw for draw."""
+
+    def __init__(self, n: int, generator: torch.Generator, replacement: bool = False, num_samples: int | None = None):
+        self.inner = torch.utils.data.RandomSampler(range(n), replacement=replacement, num_samples=num_samples,
+                                                    generator=generator)
+
+    def __iter__(self):
+        from rlhf_exp.distributed import rank, world_size
+        w = world_size()
+        if w == 1:
+            return iter(self.inner)
+        order = list(self.inner)
+        return iter(order[:len(order) - len(order) % w][rank()::w])
+
+    def __len__(self) -> int:
+        from rlhf_exp.distributed import world_size
+        return len(self.inner) // world_size()
+
+
+def per_rank(batch_size: int) -> int:
+    """A batch of `batch_size` shared by the ranks of a DDP run (the config is checked to divide)."""
+    from rlhf_exp.distributed import world_size
+    return max(1, batch_size // world_size())
+
+
 class RowsDataModule(pl.LightningDataModule):
-    """Rows of dicts, split by prompt into train and val, batched by a collate function."""
+    """Rows of dicts, split by prompt into train and val, batched by a collate function. Under DDP
+    each rank takes its share of every batch (`ShardedSampler`) and validates on all of val."""
 
     def __init__(self, rows: list[dict], collate, batch_size: int, val_fraction: float, seed: int):
         super().__init__()
@@ -173,8 +203,8 @@ class RowsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_rows, batch_size=self.batch_size, shuffle=True,
-                          collate_fn=self.collate, generator=g)
+        return DataLoader(self.train_rows, batch_size=per_rank(self.batch_size),
+                          sampler=ShardedSampler(len(self.train_rows), g), collate_fn=self.collate, generator=g)
 
     def val_dataloader(self):
         return DataLoader(self.val_rows, batch_size=self.batch_size, collate_fn=self.collate)
@@ -182,7 +212,7 @@ class RowsDataModule(pl.LightningDataModule):
 
 class PromptDataModule(pl.LightningDataModule):
     """Prompts for rollouts, tokenized once; each epoch is one shuffled pass (drawn with replacement
-    when the batch is larger than the prompt set), in full batches."""
+    when the batch is larger than the prompt set), in full batches; under DDP each rank takes its share."""
 
     def __init__(self, prompts: list[str], tokenizer, batch_size: int, seed: int):
         super().__init__()
@@ -192,7 +222,6 @@ class PromptDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         g = torch.Generator().manual_seed(self.seed)
         n = len(self.rows)
-        sampler = torch.utils.data.RandomSampler(self.rows, replacement=self.batch_size > n,
-                                                 num_samples=max(n, self.batch_size), generator=g)
-        return DataLoader(self.rows, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+        sampler = ShardedSampler(n, g, replacement=self.batch_size > n, num_samples=max(n, self.batch_size))
+        return DataLoader(self.rows, batch_size=per_rank(self.batch_size), sampler=sampler, drop_last=True,
                           collate_fn=left_pad_collate(self.pad_id))

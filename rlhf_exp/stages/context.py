@@ -54,13 +54,6 @@ class StageContext:
         reward.models = self.built["model"]
         return reward
 
-    def world_size(self) -> int:
-        """How many processes train together: devices × nodes under a multi-process strategy, else 1."""
-        t = self.cfg.trainer
-        if not any(k in str(t.get("strategy", "auto")) for k in ("ddp", "fsdp")):
-            return 1
-        return int(t.get("devices", 1)) * int(t.get("num_nodes", 1))
-
     def device(self):
         """Where the stages that only sample (collect, eval) run: the `trainer` group's accelerator
         (`auto`: the first GPU when there is one), as the trained stages do under Lightning."""
@@ -80,7 +73,9 @@ class StageContext:
         callbacks = [StopOnNonFinite(stage)]
         if self.cfg.trainer.get("enable_checkpointing", True) and not self.cfg.trainer.get("fast_dev_run"):
             callbacks.append(ModelCheckpoint(dirpath=self.run_dir / "checkpoints" / stage, save_last=True))
-        return build(self.cfg.trainer, logger=self.run.lightning_logger(), callbacks=callbacks, **overrides)
+        # the data modules shard each batch over the ranks themselves (modules/data.ShardedSampler)
+        return build(self.cfg.trainer, logger=self.run.lightning_logger(), callbacks=callbacks,
+                     use_distributed_sampler=False, **overrides)
 
     def save_pretrained(self, name: str, dirname: str, model, tokenizer) -> Path:
         """Save a model and its tokenizer with save_pretrained to run_dir/dirname (a LoRA model: merged

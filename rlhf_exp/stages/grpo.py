@@ -19,9 +19,8 @@ def run(ctx: StageContext, s: GRPOSettings | RLOOSettings) -> None:
     tokenizer = spec.tokenizer()
     lm = spec.trainable(spec.causal_lm(tokenizer))   # LoRA adapters when model.lora_r > 0
     module = GroupModule(lm, reference(lm), tokenizer, ctx.reward_source(), s, seed=ctx.cfg.seed)
-    # each batch: batch_size / group_size prompts (shared among the ranks), each answered group_size times
-    dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer,
-                          s.batch_size // s.group_size // ctx.world_size(), ctx.cfg.seed)  # per rank
+    # each batch: batch_size / group_size prompts (shared by the ranks), each answered group_size times
+    dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size // s.group_size, ctx.cfg.seed)
     # manual optimisation clips its own gradients (algorithm.max_grad_norm); log every iteration
     trainer = ctx.trainer("align", max_epochs=-1, gradient_clip_val=None, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path)

@@ -42,8 +42,7 @@ def run(ctx: StageContext, s: PPOSettings) -> None:
     ref = reference(lm)                                 # with LoRA: the same network, adapters off
     module = PPOModule(ActorCritic(lm, critic_for(s, lm, tokenizer, reward)), ref, tokenizer, reward, s,
                        seed=ctx.cfg.seed)
-    # each rank samples its share of the batch (Lightning gives it its share of the prompts)
-    dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size // ctx.world_size(), ctx.cfg.seed)
+    dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size, ctx.cfg.seed)  # shared by ranks
     # manual optimisation clips its own gradients (algorithm.max_grad_norm); log every iteration
     trainer = ctx.trainer("align", max_epochs=-1, gradient_clip_val=None, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path)
