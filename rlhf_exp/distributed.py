@@ -62,3 +62,15 @@ def masked_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, t
     n = sums[1]
     mean = sums[0] / n
     return mean, (sums[2] / n - mean * mean) * n / (n - 1)
+
+
+def global_mean_loss(local_mean: torch.Tensor, n_local) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to back-propagate, loss to log) for a mean over items (tokens, pairs, sets) of a batch
+    shared by the ranks: the mean over every rank's items, N in all. DDP averages the ranks'
+    gradients, so each rank back-propagates W·Σ_local / N; the logged value is Σ / N, the loss one
+    process would see on the whole batch. In one process: the loss itself, twice."""
+    if not initialized():
+        return local_mean, local_mean.detach()
+    n = torch.as_tensor(n_local, dtype=torch.float32, device=local_mean.device)
+    total = all_sum(torch.stack([local_mean.detach().float() * n, n]))
+    return local_mean * (world_size() * n / total[1]), total[0] / total[1]

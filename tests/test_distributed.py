@@ -54,3 +54,19 @@ def test_fsdp_is_refused_for_the_on_policy_algorithms(cli):
     assert proc.returncode == 2 and "does not support manual optimisation" in proc.stderr
     proc = cli("trainer=ddp", "trainer.devices=3", "experiment=smoke", check=False)
     assert proc.returncode == 2 and "algorithm.batch_size = 8 over 3 processes" in proc.stderr
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward_model", "dpo"])
+def test_two_ranks_with_half_batches_train_as_one_process_with_the_whole_batch(stage, tiny_spec, tmp_path):
+    spec = tiny_spec(dropout=0.0)
+    spec.tokenizer()
+    seen = {}
+    for world in ("1", "2"):
+        out = tmp_path / f"{world}.json"
+        proc = subprocess.run([sys.executable, str(ROOT / "tests/ddp_equivalence.py"), stage, world,
+                               spec.tokenizer_dir, str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        seen[world] = json.loads(out.read_text())
+    assert len(seen["1"]["losses"]) == 4
+    assert seen["2"]["losses"] == pytest.approx(seen["1"]["losses"], abs=1e-5)   # step by step
+    assert seen["2"]["weights"] == pytest.approx(seen["1"]["weights"], abs=1e-5)

@@ -12,6 +12,7 @@ from pydantic import Field
 from rlhf_exp.config import schema
 from rlhf_exp.core.dpo import dpo_loss
 from rlhf_exp.core.listwise import plackett_luce_loss
+from rlhf_exp.distributed import global_mean_loss
 from rlhf_exp.core.ops import logprobs_from_logits
 from rlhf_exp.models.training import adapters_off
 from rlhf_exp.modules.metrics import to_floats
@@ -96,10 +97,10 @@ class DPOModule(pl.LightningModule):
         ref = batch["ref_logps"]
         losses, chosen, rejected = dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], self.s.beta,
                                             self.s.loss_type, self.s.label_smoothing)
-        loss = losses.mean()
+        loss, shown = global_mean_loss(losses.mean(), n)  # under DDP: the mean over every rank's pairs
         prefix = "dpo/train" if stage == "train" else "dpo/val"
         rewards = "dpo/rewards" if stage == "train" else "dpo/val/rewards"
-        stats = to_floats({f"{prefix}/loss": loss, f"{rewards}/chosen": chosen.mean(),
+        stats = to_floats({f"{prefix}/loss": shown, f"{rewards}/chosen": chosen.mean(),
                            f"{rewards}/rejected": rejected.mean(),
                            f"{rewards}/accuracy": (chosen > rejected).float().mean(),
                            f"{rewards}/margin": (chosen - rejected).mean()})  # one device sync
@@ -113,7 +114,8 @@ class DPOModule(pl.LightningModule):
         prefix = "dpo/train" if stage == "train" else "dpo/val"
         group = "dpo/rewards" if stage == "train" else "dpo/val/rewards"
         n = batch["set_idx"].shape[0]
-        self.log_dict(to_floats({f"{prefix}/loss": loss, f"{group}/accuracy": stats["accuracy"],
+        loss, shown = global_mean_loss(loss, n)  # under DDP: the mean over every rank's sets
+        self.log_dict(to_floats({f"{prefix}/loss": shown, f"{group}/accuracy": stats["accuracy"],
                                  f"{group}/margin": stats["margin"]}), prog_bar=stage == "train", batch_size=n)
         return loss
 

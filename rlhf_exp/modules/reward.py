@@ -11,6 +11,7 @@ from pydantic import Field
 
 from rlhf_exp.config import schema
 from rlhf_exp.core.listwise import plackett_luce_loss
+from rlhf_exp.distributed import global_mean_loss
 from rlhf_exp.core.reward import centering_loss, classifier_loss, pairwise_loss
 from rlhf_exp.modules.optim import adamw
 
@@ -61,7 +62,9 @@ class RewardModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         loss, stats, _, _ = self._step(batch)
         bs = batch["margin"].shape[0]
-        self.log("reward/train/loss", loss, prog_bar=True, batch_size=bs)
+        # under DDP: the mean over every rank's pairs (sets, for plackett_luce)
+        loss, shown = global_mean_loss(loss, batch["set_idx"].shape[0] if self.s.objective == "plackett_luce" else bs)
+        self.log("reward/train/loss", shown, prog_bar=True, batch_size=bs)
         self.log("reward/train/accuracy", stats["accuracy"], batch_size=bs)
         return loss
 
@@ -98,7 +101,8 @@ class ClassifierModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         loss, stats = self._step(batch)
         bs = batch["labels"].shape[0]
-        self.log("reward/train/loss", loss, prog_bar=True, batch_size=bs)
+        loss, shown = global_mean_loss(loss, bs)  # under DDP: the mean over every rank's texts
+        self.log("reward/train/loss", shown, prog_bar=True, batch_size=bs)
         self.log("reward/train/accuracy", stats["accuracy"], batch_size=bs)
         return loss
 

@@ -8,6 +8,7 @@ import torch
 from pydantic import Field
 
 from rlhf_exp.config import schema
+from rlhf_exp.distributed import global_mean_loss
 from rlhf_exp.models.generation import sample
 from rlhf_exp.modules.optim import adamw
 
@@ -41,8 +42,9 @@ class SFTModule(pl.LightningModule):
         return self.policy(**batch).loss
 
     def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
-        self.log("sft/train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # under DDP: the mean over every rank's completion tokens (one process's loss on the whole batch)
+        loss, shown = global_mean_loss(self._loss(batch), (batch["labels"][:, 1:] != -100).sum())
+        self.log("sft/train/loss", shown, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
