@@ -44,8 +44,9 @@ def test_the_pipeline_runs_with_ddp_on_two_processes(cli, tmp_path):
     run = tmp_path / "outputs/run"
     for name in ("sft", "reward_model", "policy"):  # written once, by rank 0
         assert (run / name / "config.json").is_file() and not (run / ".rank1" / name).exists()
-    # rank 1 evaluated the same policy and reference with the same seed: the same figures
-    assert json.loads((run / "eval_summary.json").read_text()) == json.loads((run / ".rank1/eval_summary.json").read_text())
+    # collect, prepare and eval: rank 0 alone; the other rank trains on rank 0's completion sets and pairs
+    assert (run / "eval_summary.json").is_file() and (run / "pairs.jsonl").is_file()
+    assert not any((run / ".rank1" / f).exists() for f in ("feedback.jsonl", "pairs.jsonl", "eval_summary.json"))
     assert proc.stdout.count("== before (reference) and after (aligned)") == 1
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import pydantic
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pydantic import Field
 
@@ -45,6 +46,22 @@ class RunSettings:
             raise ValueError(f"reuse = {self.reuse!r}: expected an earlier pipeline run directory (with "
                              + ", ".join(path for path, _ in REUSABLE.values()) + ")")
         return self
+
+
+RANK0_STAGES = ("collect", "prepare", "eval")  # under DDP: run by rank 0 alone (they sample and write; nothing trains)
+
+
+def share_outputs(outputs: dict[str, Path], main_dir: Path) -> dict[str, Path]:
+    """After a stage that rank 0 ran alone: every rank waits for it, then takes its outputs (sent by
+    rank 0; or, before the process group exists, which is before any other rank does, found in its
+    run dir). In one process: the outputs as they are."""
+    from rlhf_exp.distributed import barrier, initialized
+    if not initialized():
+        return outputs if is_main() else reused_outputs(str(main_dir))
+    barrier()
+    shared = [outputs if is_main() else None]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def reused_outputs(run_dir: str) -> dict[str, Path]:
@@ -130,6 +147,9 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
     tracking = Tracking(built["logger"], cfg, tags)
 
     def run_stage(name: str, parent=None) -> None:
+        if name in RANK0_STAGES and not main:  # rank 0 samples and writes; this rank takes its files
+            outputs.update(share_outputs(outputs, main_dir))
+            return
         with tracking.run(name, parent) as run:
             t0 = time.perf_counter()
             STAGES[name](StageContext(cfg, built, run_dir, run, outputs, main_dir))
@@ -137,6 +157,8 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
             run.log_metrics({f"{name}/perf/seconds": seconds})
             if main:
                 print(f"[{name}] done in {seconds:.1f} s; outputs in {run_dir}")
+        if name in RANK0_STAGES:
+            share_outputs(outputs, main_dir)
 
     if stage != "pipeline":
         run_stage(stage)
