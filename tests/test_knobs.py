@@ -194,7 +194,9 @@ def test_grpo_kl_in_the_reward(tiny, monkeypatch):
 @pytest.mark.parametrize("loss", ["reinforce", "clipped"])
 def test_every_rloo_knob_reaches_the_math(tiny, monkeypatch, loss):
     module, spies, kl = run_group(tiny, monkeypatch, "rloo", loss=loss, kl_coef=0.061, kl_estimator="k3",
-                                  kl_controller="adaptive", kl_target=2.5, kl_horizon=77)
+                                  kl_controller="adaptive", kl_target=2.5, kl_horizon=77, missing_eos_penalty=-2.5)
+    scores = spies["sequence_rewards"].calls[0]["scores"].tolist()
+    assert -2.5 in scores and set(scores) <= {-2.5, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0}  # no EOS within 7 tokens: the penalty
     k, n_updates = GROUP_KNOBS, GROUP_KNOBS["ppo_epochs"] * GROUP_KNOBS["minibatches"]
     assert_shared_knobs(module, spies, k)
     assert spies["sequence_rewards"].values("kl_coef") == [0.061]
