@@ -1,6 +1,6 @@
 """Several processes (Lightning's DDP or FSDP, `trainer=ddp`): which one this is, and the statistics
 that every rank must agree on. Every rank runs the same pipeline; the trained stages are data-parallel
-(Lightning shards the data and averages the gradients), and every decision that depends on a batch
+(the data modules shard each batch, DDP averages the gradients), and every decision that depends on a batch
 (whitening, the KL controller, early stops, logged statistics) reads figures gathered across ranks,
 so the ranks take the same decisions and keep the same weights. In one process these functions
 compute exactly what the local ones do."""

@@ -15,7 +15,7 @@ from pydantic import Field
 from rlhf_exp.config import ConfigError, schema
 
 
-def _batched_logits(model, tokenizer, texts: list[str], batch_size: int, max_len: int):
+def batched_logits(model, tokenizer, texts: list[str], batch_size: int, max_len: int):
     import torch
     model.eval()
     out = []
@@ -78,7 +78,7 @@ def reward_scores(model, tokenizer, prompts: list[str], completions: list[str], 
     """A one-output reward model's scores of (prompt, completion) pairs, as it was trained: (B,)."""
     from rlhf_exp.models.generation import reward_text
     texts = [reward_text(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
-    return _batched_logits(model, tokenizer, texts, batch_size, max_len)[:, 0]
+    return batched_logits(model, tokenizer, texts, batch_size, max_len)[:, 0]
 
 
 @schema
@@ -107,7 +107,7 @@ class ClassifierReward(_Loads):
 
     def score(self, prompts: list[str], completions: list[str]):
         model, tok, index = self.loaded
-        logits = _batched_logits(model, tok, classifier_texts(tok, prompts, completions, self.input),
+        logits = batched_logits(model, tok, classifier_texts(tok, prompts, completions, self.input),
                                  self.batch_size, self.max_len)
         return logits[:, index] if self.output == "logit" else logits.softmax(-1)[:, index]
 

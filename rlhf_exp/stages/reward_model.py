@@ -11,11 +11,10 @@ from itertools import combinations
 from statistics import mean, pstdev
 
 import pytorch_lightning as pl
-import torch
 
 from rlhf_exp.feedback.formats import load_heldout, load_pairs, load_thumbs
 from rlhf_exp.feedback.prompts import sort_key
-from rlhf_exp.models.reward import classifier_texts, reward_scores
+from rlhf_exp.models.reward import batched_logits, classifier_texts, reward_scores
 from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate, thumbs_collate
 from rlhf_exp.modules.reward import ClassifierModule, RewardModelSettings, RewardModule
 from rlhf_exp.stages.context import StageContext
@@ -100,13 +99,9 @@ def run_classifier(ctx: StageContext, s: RewardModelSettings) -> None:
     ups = sum(b.label for b in thumbs)
     metrics = {"reward/data/thumbs_up": ups, "reward/data/thumbs_down": len(thumbs) - ups}
     if ctx.built["data"].simulated:  # does the positive logit order the held-out sets as the gold score does?
-        def score(prompts, completions):
+        def score(prompts, completions):  # the positive class's logit, as reward=classifier reads it
             texts = classifier_texts(tokenizer, prompts, completions, s.classifier_input)
-            enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", truncation=True,
-                            max_length=s.max_len).to(model.device)
-            model.eval()
-            with torch.no_grad():
-                return model(**enc).logits[:, 1].float()
+            return batched_logits(model, tokenizer, texts, 64, s.max_len)[:, 1]
         acc, n = gold_accuracy(score, heldout_sets(ctx))
         metrics.update({"reward/gold/accuracy": acc, "reward/gold/pairs": n})
     ctx.run.log_metrics(metrics, step=trainer.global_step)
