@@ -32,6 +32,12 @@ from rlhf_exp.config import option
 from rlhf_exp.core.ops import logprobs_from_logits
 
 
+def seconds(x: float) -> float:
+    """A time to four significant figures (a fixed number of decimals would lose the ratio of two
+    times of a millisecond)."""
+    return float(f"{x:.4g}")
+
+
 def models(args):
     """(tokenizer, policy as trained, reward model): the tiny GPT-2 built from config, `smollm2`, or
     a model directory, with LoRA adapters on the policy when --lora-r > 0."""
@@ -145,14 +151,14 @@ def bench_ppo(args) -> dict:
     return {"bench": args.bench, "batch": args.batch, "resp_len": args.resp_len, "ppo_epochs": args.ppo_epochs,
             "minibatches": args.minibatches, **({"group_size": group} if group > 1 else {}), "steps": args.steps,
             **described(args),
-            "median_step_s": round(step, 4),
-            "median_rollout_s": round(median(t["rollout_s"] for t in measured), 4),
-            "median_update_s": round(median(t["update_s"] for t in measured), 4),
-            "floor_step_s": round(floor, 4),
-            "floor_generate_s": round(median(f["generate"] for f in floors), 4),
-            "floor_rollout_s": round(median(f["rollout"] for f in floors), 4),
-            "floor_update_s": round(median(f["update"] for f in floors), 4),
-            "floor_optimizer_s": round(median(f["optimizer"] for f in floors), 4),
+            "median_step_s": seconds(step),
+            "median_rollout_s": seconds(median(t["rollout_s"] for t in measured)),
+            "median_update_s": seconds(median(t["update_s"] for t in measured)),
+            "floor_step_s": seconds(floor),
+            "floor_generate_s": seconds(median(f["generate"] for f in floors)),
+            "floor_rollout_s": seconds(median(f["rollout"] for f in floors)),
+            "floor_update_s": seconds(median(f["update"] for f in floors)),
+            "floor_optimizer_s": seconds(median(f["optimizer"] for f in floors)),
             "mean_response_width": sum(t["width"] for t in measured) / len(measured),
             "overhead": round(step / floor, 3),
             # against generate + forward + backward alone (optimizer steps and clipping counted as overhead)
@@ -203,8 +209,8 @@ def bench_dpo(args) -> dict:
     step = median(timer.steps[args.warmup:])
     floor = median(f["step"] for f in timer.floors[args.warmup:])
     return {"bench": "dpo", "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps,
-            **described(args), "median_step_s": round(step, 4),
-            "floor_step_s": round(floor, 4), "overhead": round(step / floor, 3)}
+            **described(args), "median_step_s": seconds(step),
+            "floor_step_s": seconds(floor), "overhead": round(step / floor, 3)}
 
 
 def main(argv=None) -> None:

@@ -46,3 +46,27 @@ def test_an_experiment_made_by_an_earlier_version_gets_its_kind(tmp_path):
     MlflowClient(uri).create_experiment("old", artifact_location=(tmp_path / "art").as_uri())
     MLflowTracker(tracking_uri=uri, experiment_name="old", artifact_location=str(tmp_path / "art")).experiment_id()
     assert MlflowClient(uri).get_experiment_by_name("old").tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_experiment_made_by_a_parallel_job_between_lookup_and_creation_is_taken(tmp_path):
+    """On a tracking server no file lock reaches, two sweep jobs may both find no experiment and
+    both create it: the loser's create fails with RESOURCE_ALREADY_EXISTS and it takes the winner's."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = MLflowTracker(tracking_uri=uri, experiment_name="race", artifact_location=str(tmp_path / "art"))
+    client = tracker.client
+    winner = MlflowClient(uri).create_experiment("race", tags={"mlflow.experimentKind": "custom_model_development"})
+    looked = client.get_experiment_by_name
+    calls = []
+
+    def lookup(name):  # the first lookup ran before the winner created it
+        calls.append(name)
+        return None if len(calls) == 1 else looked(name)
+    client.get_experiment_by_name = lookup
+    assert tracker.experiment_id() == winner and len(calls) == 2
+    from mlflow.exceptions import MlflowException  # any other failure to create it is not swallowed
+
+    def refuse(*a, **k):
+        raise MlflowException("store is read-only", error_code="PERMISSION_DENIED")
+    client.get_experiment_by_name, client.create_experiment = (lambda name: None), refuse
+    with pytest.raises(MlflowException, match="read-only"):
+        tracker.experiment_id()

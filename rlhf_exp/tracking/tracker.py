@@ -121,15 +121,22 @@ class MLflowTracker:
         """The experiment's id, created on first use (one process at a time). It is tagged as model
         training (`mlflow.experimentKind`), so the MLflow UI opens it on its runs table rather than
         on the GenAI overview it shows by default. With a tracking server, its own artifact store
-        keeps the artifacts; with a local store, `artifact_location`."""
+        keeps the artifacts; with a local store, `artifact_location`. Parallel jobs on a server, which
+        no file lock reaches, may race to create it: the loser takes the winner's."""
         client = self.client
         with self._store_lock():
             exp = client.get_experiment_by_name(self.experiment_name)
             if exp is None:
                 remote = self.tracking_uri.startswith(("http://", "https://"))
                 location = None if remote else Path(self.artifact_location).resolve().as_uri()
-                return client.create_experiment(self.experiment_name, artifact_location=location,
-                                                tags={EXPERIMENT_KIND: MODEL_TRAINING})
+                from mlflow.exceptions import MlflowException
+                try:
+                    return client.create_experiment(self.experiment_name, artifact_location=location,
+                                                    tags={EXPERIMENT_KIND: MODEL_TRAINING})
+                except MlflowException as e:  # a parallel job on a tracking server made it first
+                    if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    exp = client.get_experiment_by_name(self.experiment_name)
             if exp.tags.get(EXPERIMENT_KIND) is None:  # made by an earlier version
                 client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             return exp.experiment_id
