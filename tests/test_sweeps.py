@@ -102,11 +102,14 @@ def test_a_parallel_sweep_on_a_fresh_store_records_every_run_param_and_metric(cl
     assert len({len(r.data.params) for r in runs}) == 1
 
 
-def test_a_submitit_sweep_records_every_job_and_names_the_failed_one(cli, tmp_path):
+@pytest.mark.parametrize("launcher", ["submitit_local", "ray"])
+def test_a_launched_sweep_records_every_job_and_names_the_failed_one(cli, tmp_path, launcher):
     """hydra/launcher=submitit_local: each job a process of its own, as on a Slurm cluster
-    (hydra/launcher=slurm, conf/hydra/launcher/slurm.yaml); the failed-jobs list reads the shared sweep dir."""
+    (hydra/launcher=slurm, conf/hydra/launcher/slurm.yaml); hydra/launcher=ray: each job a task on a
+    local Ray cluster (ray.init), as on a real one (hydra.launcher.ray.init.address=auto). The
+    failed-jobs list reads the shared sweep dir."""
     (tmp_path / "good.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
-    proc = cli("-m", "hydra/launcher=submitit_local", "stage=prepare", "data=files",
+    proc = cli("-m", f"hydra/launcher={launcher}", "stage=prepare", "data=files",
                "data.feedback=good.jsonl,missing.jsonl", "hydra.sweep.dir=outputs/sweep", check=False)
     assert proc.returncode == 1 and "1 of 2 jobs failed" in proc.stderr and "missing.jsonl" in proc.stderr
     client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
