@@ -66,3 +66,20 @@ def settings(group: str, option: str = "default", **overrides):
     """A group's settings as the YAML gives them, with overrides, checked as in a run."""
     from rlhf_exp.config import option as build_option
     return build_option(group, option, **overrides)
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium, headless, driven by selenium through Debian's chromedriver (the Makefile
+    installs both); never a browser downloaded at run time."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

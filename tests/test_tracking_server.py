@@ -1,6 +1,7 @@
 """A real `mlflow server` on 127.0.0.1: a parallel sweep (joblib, two workers) records every run,
 param, metric and artifact on it, the artifacts land in the server's own artifact store, and
-rlhf-exp-compare reads the sweep back from it."""
+rlhf-exp-compare reads the sweep back from it; in a real browser, the link a run prints opens the
+MLflow UI on the runs table, with the stage runs nested under the pipeline's."""
 import socket
 import subprocess
 import sys
@@ -68,3 +69,29 @@ def test_a_parallel_sweep_against_a_tracking_server_is_recorded_whole_and_compar
     assert out.returncode == 0, out.stderr
     assert all(r.info.run_id[:8] in out.stdout for r in jobs) and "algorithm.clip_eps" in out.stdout.splitlines()[0]
     assert (tmp_path / "cmp/compare.md").is_file()
+
+
+def test_the_printed_link_opens_the_runs_table_with_the_stages_under_the_pipeline(cli, mlflow_server, browser):
+    """MLflow 3.17 opens an experiment on its GenAI overview (traces, tokens) unless the URL asks for
+    the model-training view; the links a run prints ask for it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    url, _ = mlflow_server
+    cli("experiment=smoke", "logger=none", "hydra.run.dir=outputs/base")
+    out = cli("experiment=smoke", "reuse=outputs/base", f"logger.tracking_uri={url}").stdout
+    run_page = next(line.split("MLflow: ")[1] for line in out.splitlines() if line.startswith("MLflow: "))
+    table = next(line.split("runs table: ")[1] for line in out.splitlines() if "runs table: " in line)
+    assert table.startswith(f"{url}/#/experiments/") and table.endswith("/runs?workflowType=machine_learning")
+    assert run_page.startswith(f"{url}/#/experiments/") and "workflowType=machine_learning" in run_page
+
+    def names():
+        return [a.text for a in browser.find_elements(By.CSS_SELECTOR, "[role=gridcell][col-id*='Run Name'] a")]
+    browser.get(table)
+    WebDriverWait(browser, 60).until(lambda b: "pipeline" in names())  # the runs table, the parent run in it
+    assert names() == ["pipeline"]  # its stage runs folded under it
+    cell = browser.find_element(By.CSS_SELECTOR, "[role=gridcell][col-id*='Run Name']")
+    cell.find_element(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']").click()
+    WebDriverWait(browser, 30).until(lambda b: sorted(names()) == ["align", "eval", "pipeline"])
+    browser.get(run_page)  # the pipeline run's own page
+    WebDriverWait(browser, 60).until(lambda b: "pipeline" in b.find_element(By.TAG_NAME, "body").text
+                                     and "Parameters" in b.find_element(By.TAG_NAME, "body").text)

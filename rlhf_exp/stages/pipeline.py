@@ -159,19 +159,28 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
                 print(f"[{name}] done in {seconds:.1f} s; outputs in {run_dir}")
         if name in RANK0_STAGES:
             share_outputs(outputs, main_dir)
+        return run
 
     if stage != "pipeline":
-        run_stage(stage)
+        print_ui_links(run_stage(stage))
         return None
     with tracking.run("pipeline") as parent:
         for name in stages_to_run(outputs):
             run_stage(name, parent)
-        if "eval_summary" not in outputs:
-            return None
-        summary = json.loads(outputs["eval_summary"].read_text(encoding="utf-8"))
-        parent.log_metrics({k: v for k, v in summary.items() if k.startswith("eval/")})
-    if not main:
-        return summary.get(cfg.metric)
-    print(f"\n== before (reference) and after (aligned), {summary['prompts']} held-out prompts ==\n"
-          f"{eval_stage.summary_table(summary)}\noutputs: {run_dir}")
-    return summary.get(cfg.metric)
+        summary = json.loads(outputs["eval_summary"].read_text(encoding="utf-8")) if "eval_summary" in outputs else None
+        if summary:
+            parent.log_metrics({k: v for k, v in summary.items() if k.startswith("eval/")})
+    if summary and main:
+        print(f"\n== before (reference) and after (aligned), {summary['prompts']} held-out prompts ==\n"
+              f"{eval_stage.summary_table(summary)}\noutputs: {run_dir}")
+    print_ui_links(parent)
+    return summary.get(cfg.metric) if summary else None
+
+
+def print_ui_links(run) -> None:
+    """Where to look at a tracked run in the MLflow UI (its model-training view)."""
+    if (urls := run.ui_urls()) is None:
+        return
+    serve = "" if run.tracking_uri.startswith(("http://", "https://")) else \
+        f" (serve the store first: mlflow ui --backend-store-uri {run.tracking_uri} --host 127.0.0.1)"
+    print(f"MLflow: {urls[0]}\n        runs table: {urls[1]}{serve}")

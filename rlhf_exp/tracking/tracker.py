@@ -25,6 +25,18 @@ class TrackedRun:
         from pytorch_lightning.loggers import MLFlowLogger
         return MLFlowLogger(tracking_uri=self.tracking_uri, run_id=self.id)
 
+    def ui_urls(self) -> tuple[str, str]:
+        """This run's page and its experiment's runs table in the MLflow UI: on the tracking server,
+        or where `mlflow ui` serves a local store by default. Both ask for the model-training view
+        (`workflowType=machine_learning`): MLflow 3.17 opens an experiment on its GenAI overview
+        unless the URL or the browser's remembered choice says otherwise."""
+        experiment = self.client.get_run(self.id).info.experiment_id
+        remote = self.tracking_uri.startswith(("http://", "https://"))
+        base = f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment}" if remote else \
+            f"http://127.0.0.1:5000/#/experiments/{experiment}"
+        view = "?workflowType=machine_learning"
+        return f"{base}/runs/{self.id}{view}", f"{base}/runs{view}"
+
     def log_params(self, params: Mapping[str, object]) -> None:
         from mlflow.entities import Param
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
@@ -70,6 +82,7 @@ class NullRun:
     def log_text(self, text, artifact_file): pass
     def log_table(self, rows, artifact_file): pass
     def lightning_logger(self): return False  # Lightning: no logger
+    def ui_urls(self): return None
 
 
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # the UI's view
