@@ -149,7 +149,7 @@ def test_total_loss_and_kl_controllers():
 
 
 def test_response_mask_stops_after_the_first_eos():
-    eos, pad = 2, 9
+    eos = 2  # 9 is padding
     response = T([[5, 2, 9, 9],    # EOS second: 2 tokens
                   [5, 6, 7, 8],    # no EOS: all 4
                   [2, 9, 9, 9],    # EOS first: 1

@@ -11,7 +11,6 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 
