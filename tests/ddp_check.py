@@ -1,7 +1,8 @@
-"""Run by tests/test_distributed.py as `python tests/ddp_check.py ALGORITHM TOKENIZER_DIR OUT.json`:
-PPO, GRPO or RLOO on two CPU processes with Lightning DDP (this script runs once per rank). After
-every iteration each rank's weights, raw scores and KL coefficient are gathered; rank 0 writes what
-it saw to OUT.json."""
+"""Run by tests/test_distributed.py as `python tests/ddp_check.py ALGORITHM TOKENIZER_DIR OUT.json
+[save=CKPT | resume=CKPT]`: PPO, GRPO or RLOO on two CPU processes with Lightning DDP (this script
+runs once per rank). After every iteration each rank's weights, raw scores and KL coefficient are
+gathered; rank 0 writes what it saw to OUT.json. `save=CKPT` stops after 2 iterations and writes a
+checkpoint (rank 0); `resume=CKPT` resumes from it and runs to iteration 4."""
 import json
 import sys
 from pathlib import Path
@@ -32,7 +33,13 @@ class LengthReward:
 
 class Gather(pl.Callback):
     def __init__(self, reward, prefix):
-        self.reward, self.prefix, self.rows = reward, prefix, []
+        self.reward, self.prefix, self.rows, self.start = reward, prefix, [], None
+
+    def on_train_start(self, trainer, module):  # after a checkpoint, if any, was loaded
+        weights = torch.cat([p.detach().flatten() for p in module.policy.parameters()])
+        every = module.all_gather(weights)
+        self.start = {"iteration": module.iteration, "same_weights": bool(torch.equal(every[0], every[1])),
+                      "weights_sum": float(weights.double().sum())}
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         weights = torch.cat([p.detach().flatten() for p in module.policy.parameters()])
@@ -46,13 +53,15 @@ class Gather(pl.Callback):
                           "ranks_scores_differ": not torch.equal(scores[0], scores[1])})
 
 
-def main(algorithm: str, tokenizer_dir: str, out: str) -> None:
+def main(algorithm: str, tokenizer_dir: str, out: str, checkpoint: str = "") -> None:
+    action, _, ckpt = checkpoint.partition("=")
     pl.seed_everything(rank(), verbose=False)  # as the stage does: each rank samples its own
     spec = option("model", "tiny", n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=512, dropout=0.0,
                   tokenizer_dir=tokenizer_dir)
     tok = spec.tokenizer()
     lm = spec.causal_lm(tok)
-    common = dict(batch_size=8, minibatches=2, ppo_epochs=3, max_new_tokens=8, max_steps=3, sample_every=0,
+    steps = {"": 3, "save": 2, "resume": 4}[action]
+    common = dict(batch_size=8, minibatches=2, ppo_epochs=3, max_new_tokens=8, max_steps=steps, sample_every=0,
                   missing_eos_penalty=None, target_kl=0.02)
     if algorithm != "grpo":  # a KL controller that moves: its value must stay the same on every rank
         common.update(kl_controller="adaptive", kl_target=0.01, kl_horizon=10)
@@ -67,10 +76,15 @@ def main(algorithm: str, tokenizer_dir: str, out: str) -> None:
     trainer = pl.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_epochs=-1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[gather], use_distributed_sampler=False)  # the data module shards
-    trainer.fit(module, datamodule=PromptDataModule(World(0, 0.2).train_prompts, tok, prompts, seed=0))  # shared
+    trainer.fit(module, datamodule=PromptDataModule(World(0, 0.2).train_prompts, tok, prompts, seed=0),  # shared
+                ckpt_path=ckpt if action == "resume" else None)
+    if action == "save":
+        trainer.save_checkpoint(ckpt)  # every rank calls it; rank 0 writes
+    end = float(torch.cat([p.detach().flatten() for p in module.policy.parameters()]).double().sum())
     if trainer.global_rank == 0:
-        Path(out).write_text(json.dumps(gather.rows))
+        Path(out).write_text(json.dumps({"rows": gather.rows, "start": gather.start, "end_iteration": module.iteration,
+                                         "end_weights_sum": end}))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

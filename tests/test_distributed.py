@@ -21,7 +21,7 @@ def test_ranks_keep_identical_weights_and_log_the_whole_batch(algorithm, tiny_sp
     proc = subprocess.run([sys.executable, str(ROOT / "tests/ddp_check.py"), algorithm, spec.tokenizer_dir, str(out)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(out.read_text())
+    rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 3
     for row in rows:
         assert row["same_weights"]                           # after every iteration
@@ -30,6 +30,30 @@ def test_ranks_keep_identical_weights_and_log_the_whole_batch(algorithm, tiny_sp
         assert row["kl_coefs"][0] == row["kl_coefs"][1]      # one KL controller, fed the global KL
     if algorithm != "grpo":
         assert rows[-1]["kl_coefs"][0] != pytest.approx(0.2 if algorithm == "ppo" else 0.05)  # and it moved
+
+
+def test_a_ddp_run_resumes_from_its_checkpoint_on_every_rank(tiny_spec, tmp_path):
+    """PPO on two ranks stops after 2 iterations with a checkpoint (rank 0 writes it); two new
+    processes resume from it: both start from its weights and its iteration, and go on to iteration
+    4 with identical weights and whole-batch statistics."""
+    spec = tiny_spec(dropout=0.0)
+    spec.tokenizer()
+    ckpt = tmp_path / "last.ckpt"
+    seen = {}
+    for action in ("save", "resume"):
+        out = tmp_path / f"{action}.json"
+        proc = subprocess.run([sys.executable, str(ROOT / "tests/ddp_check.py"), "ppo", spec.tokenizer_dir, str(out),
+                               f"{action}={ckpt}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        seen[action] = json.loads(out.read_text())
+    assert ckpt.is_file() and seen["save"]["end_iteration"] == 2 and len(seen["save"]["rows"]) == 2
+    start = seen["resume"]["start"]
+    assert start["iteration"] == 2 and start["same_weights"]  # every rank loaded the checkpoint
+    assert start["weights_sum"] == pytest.approx(seen["save"]["end_weights_sum"], abs=1e-9)
+    assert seen["resume"]["end_iteration"] == 4 and len(seen["resume"]["rows"]) == 2  # two more, not four
+    for row in seen["resume"]["rows"]:
+        assert row["same_weights"] and row["ranks_scores_differ"]
+        assert row["logged_score_mean"] == pytest.approx(row["union_score_mean"], abs=1e-5)
 
 
 def test_the_pipeline_runs_with_ddp_on_two_processes(cli, tmp_path):
@@ -50,9 +74,11 @@ def test_the_pipeline_runs_with_ddp_on_two_processes(cli, tmp_path):
     assert proc.stdout.count("== before (reference) and after (aligned)") == 1
 
 
-def test_fsdp_is_refused_for_the_on_policy_algorithms(cli):
+def test_fsdp_is_refused_for_the_on_policy_algorithms_and_on_cpu(cli):
     proc = cli("trainer=fsdp", "algorithm=grpo", check=False)
     assert proc.returncode == 2 and "does not support manual optimisation" in proc.stderr
+    proc = cli("trainer=fsdp", "trainer.accelerator=cpu", "stage=sft", check=False)  # FSDP needs GPUs
+    assert proc.returncode == 2 and "Lightning's FSDP runs on GPUs only" in proc.stderr and "Traceback" not in proc.stderr
     proc = cli("trainer=ddp", "trainer.devices=3", "experiment=smoke", check=False)
     assert proc.returncode == 2 and "algorithm.batch_size = 8 over 3 processes" in proc.stderr
 

@@ -91,15 +91,21 @@ def validate_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> d
 
 def check_strategy(cfg: DictConfig, built: dict) -> None:
     """Lightning's FSDP does not support manual optimisation (Lightning issues #19685, #19626), which
-    the on-policy algorithms use: refuse it for them, before any work."""
+    the on-policy algorithms use, and runs on GPUs only: refuse both, before any work; and a batch
+    that does not split evenly over the ranks."""
     from rlhf_exp.modules.grpo import GRPOSettings, RLOOSettings
     from rlhf_exp.modules.ppo import PPOSettings
     strategy = str(cfg.trainer.get("strategy", "auto"))
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if "fsdp" in strategy and isinstance(built["algorithm"], (PPOSettings, GRPOSettings, RLOOSettings)) \
             and built["run"].stage in ("pipeline", "align"):
         raise ConfigError(f"trainer.strategy = {strategy!r} with algorithm={type(built['algorithm']).__name__[:-8].lower()}: "
                           "Lightning's FSDP does not support manual optimisation (Lightning issues #19685, #19626), "
                           "which PPO, GRPO and RLOO use; expected trainer=ddp (FSDP serves SFT, the reward model and DPO)")
+    if "fsdp" in strategy and (accelerator == "cpu" or accelerator == "auto" and not torch.cuda.is_available()):
+        raise ConfigError(f"trainer.strategy = {strategy!r} with trainer.accelerator = {accelerator!r}"
+                          f"{' on a machine with no GPU' if accelerator == 'auto' else ''}: Lightning's FSDP runs "
+                          "on GPUs only; expected trainer.accelerator=gpu, or trainer=ddp on CPU")
     a = built["algorithm"]
     if any(k in strategy for k in ("ddp", "fsdp")) and isinstance(a, (PPOSettings, GRPOSettings, RLOOSettings)):
         world = int(cfg.trainer.get("devices", 1)) * int(cfg.trainer.get("num_nodes", 1))
