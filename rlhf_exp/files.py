@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -62,27 +63,49 @@ def write_json(path: str | os.PathLike, obj) -> Path:
 
 
 def open_input(path: str | os.PathLike):
-    """An input file opened for reading, or a FileError that it is missing (with the path resolved)."""
+    """An input file opened for reading its lines as bytes (each decoded and checked by
+    `json_objects`), or a FileError that it is missing (with the path resolved)."""
     path = Path(path)
     if not path.is_file():
         raise FileError(str(path), [f"no such file (resolved to {path.resolve()})"])
-    return path.open(encoding="utf-8")
+    return path.open("rb")
 
 
-def json_objects(lines: Iterable[str], problems: list[str]) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each JSON object line; blank lines skipped, bad ones added to `problems`."""
+def json_objects(lines: Iterable[str | bytes], problems: list[str]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each JSON object line; blank lines skipped, bad ones (not UTF-8,
+    not JSON, not an object, or holding NaN or Infinity) added to `problems`."""
     for lineno, line in enumerate(lines, start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                problems.append(f"line {lineno}: not UTF-8 text (byte {line[err.start]:#04x} at column {err.start + 1})")
+                continue
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_constant=_no_constant, parse_float=_finite)
         except json.JSONDecodeError as err:
             problems.append(f"line {lineno}: bad JSON ({err.msg} at column {err.colno})")
+            continue
+        except ValueError as err:
+            problems.append(f"line {lineno}: {err}")
             continue
         if not isinstance(obj, dict):
             problems.append(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
             continue
         yield lineno, obj
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a number (expected a finite number)")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number (expected a finite number)")
 
 
 def read_jsonl(path: str | os.PathLike, parse: Callable[[dict, list[str]], object]) -> list:

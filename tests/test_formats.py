@@ -175,3 +175,20 @@ def test_bad_conversations_are_named_line_by_line(tmp_path):
     assert all("expected a string or a list of {\"role\", \"content\"} turns" in p for p in err.value.problems)
     path.write_text(json.dumps({"prompt": [{"role": "user", "content": "ok"}]}) + "\n")
     assert load_prompts(path) == [Conversation((("user", "ok"),))]
+
+
+def test_bytes_that_are_not_utf8_and_numbers_that_are_not_finite_are_named_bad_lines(tmp_path):
+    """Found by tests/test_fuzz.py: a byte that is not UTF-8 ended in a UnicodeDecodeError traceback,
+    and `"margin": NaN` (which Python's json reads) was loaded as a margin."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+                     b'{"prompt": "p\x80", "chosen": "a", "rejected": "b"}\n'
+                     b'{"prompt": "p", "chosen": "a", "rejected": "b", "margin": NaN}\n'
+                     b'{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1e999}\n')
+    with pytest.raises(FileError) as err:
+        load_pairs(path)
+    assert err.value.problems == ["line 2: not UTF-8 text (byte 0x80 at column 13)",
+                                  "line 3: NaN is not a JSON number (expected a finite number)",
+                                  "line 4: 1e999 is too large for a number (expected a finite number)"]
+    with pytest.raises(FileError, match="line 2: not UTF-8"):
+        load_feedback(path)
