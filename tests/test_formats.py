@@ -187,7 +187,7 @@ def test_bytes_that_are_not_utf8_and_numbers_that_are_not_finite_are_named_bad_l
                      b'{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1e999}\n')
     with pytest.raises(FileError) as err:
         load_pairs(path)
-    assert err.value.problems == ["line 2: not UTF-8 text (byte 0x80 at column 13)",
+    assert err.value.problems == ["line 2: not UTF-8 text (byte 0x80 at column 14)",
                                   "line 3: NaN is not a JSON number (expected a finite number)",
                                   "line 4: 1e999 is too large for a number (expected a finite number)"]
     with pytest.raises(FileError, match="line 2: not UTF-8"):
