@@ -77,7 +77,7 @@ def main(algorithm: str, tokenizer_dir: str, out: str, checkpoint: str = "") -> 
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[gather], use_distributed_sampler=False)  # the data module shards
     trainer.fit(module, datamodule=PromptDataModule(World(0, 0.2).train_prompts, tok, prompts, seed=0),  # shared
-                ckpt_path=ckpt if action == "resume" else None)
+                ckpt_path=ckpt if action == "resume" else None, weights_only=True)
     if action == "save":
         trainer.save_checkpoint(ckpt)  # every rank calls it; rank 0 writes
     end = float(torch.cat([p.detach().flatten() for p in module.policy.parameters()]).double().sum())

@@ -1,6 +1,7 @@
 """PPO on tiny sizes: the forward pass it relies on, the value model, one iteration with the
 invariant check on (and a broken setup that the check catches), stopping, resuming."""
 import copy
+import re
 
 import pytest
 import pytorch_lightning as pl
@@ -171,3 +172,26 @@ def test_ppo_settings_are_checked():
     with pytest.raises(ConfigError, match="algorithm.clip_eps = 1.5: expected a value > 0 and < 1"):
         ppo_settings(clip_eps=1.5)
 
+
+
+class Unlisted:  # a class torch.load(weights_only=True) refuses to rebuild (it would run its code)
+    pass
+
+
+def test_a_checkpoint_to_resume_from_is_checked_before_anything_loads(tmp_path):
+    from rlhf_exp.errors import UserError
+    from rlhf_exp.modules.pg import check_checkpoint
+    check_checkpoint(None, "ppo", 3)  # nothing to resume
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
+    cases = {"missing.ckpt": "no such file", "garbage.ckpt": "not a checkpoint (torch.save writes a zip"}
+    torch.save({"ppo": {"iteration": 1}, "extra": Unlisted()}, tmp_path / "code.ckpt")
+    cases["code.ckpt"] = "not a checkpoint that loads with weights_only=True"
+    torch.save({"grpo": {"iteration": 1}}, tmp_path / "grpo.ckpt")
+    cases["grpo.ckpt"] = "not a checkpoint of this algorithm (expected its loop state under 'ppo')"
+    torch.save({"ppo": {"iteration": 3}}, tmp_path / "done.ckpt")
+    cases["done.ckpt"] = "it is at iteration 3 and algorithm.max_steps = 3, so resuming would train nothing"
+    for name, message in cases.items():
+        with pytest.raises(UserError, match=re.escape(f"algorithm.ckpt_path = {tmp_path / name}: {message}")):
+            check_checkpoint(str(tmp_path / name), "ppo", 3)
+    torch.save({"ppo": {"iteration": 2}}, tmp_path / "ok.ckpt")
+    check_checkpoint(str(tmp_path / "ok.ckpt"), "ppo", 3)

@@ -8,11 +8,13 @@ from rlhf_exp.distributed import rank
 from rlhf_exp.files import write_jsonl
 from rlhf_exp.models.training import reference
 from rlhf_exp.modules.data import PromptDataModule
-from rlhf_exp.modules.grpo import GroupModule, GRPOSettings, RLOOSettings
+from rlhf_exp.modules.grpo import ALGORITHMS, GroupModule, GRPOSettings, RLOOSettings
+from rlhf_exp.modules.pg import check_checkpoint
 from rlhf_exp.stages.context import StageContext
 
 
 def run(ctx: StageContext, s: GRPOSettings | RLOOSettings) -> None:
+    check_checkpoint(s.ckpt_path, ALGORITHMS[type(s)][0], s.max_steps)  # before any model is loaded
     # each rank of a DDP run samples rollouts of its own (DDP gives every rank rank 0's weights)
     pl.seed_everything(ctx.cfg.seed + rank(), workers=True, verbose=False)
     spec = ctx.model_spec(s.policy, "policy")
@@ -23,7 +25,7 @@ def run(ctx: StageContext, s: GRPOSettings | RLOOSettings) -> None:
     dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size // s.group_size, ctx.cfg.seed)
     # manual optimisation clips its own gradients (algorithm.max_grad_norm); log every iteration
     trainer = ctx.trainer("align", max_epochs=-1, gradient_clip_val=None, log_every_n_steps=1)
-    trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path, weights_only=True)  # no code runs on load
 
     ctx.save_pretrained("aligned_policy", "policy", lm, tokenizer)
     if module.samples:
