@@ -96,6 +96,7 @@ class MLflowTracker:
     artifact_location: str
 
     _client = None  # made on first use
+    _reaped = False  # dead runs of this machine marked KILLED (once per process)
 
     @pydantic.model_validator(mode="after")
     def _named(self):
@@ -162,7 +163,10 @@ class MLflowTracker:
         tags = {k: str(v) for k, v in (tags or {}).items()}
         if parent is not None:
             tags[MLFLOW_PARENT_RUN_ID] = parent.id
-        info = self.client.create_run(self.experiment_id(), run_name=name, tags=tags).info
+        experiment = self.experiment_id()
+        if not self._reaped:
+            self._reaped = reap_dead_runs(self.client, experiment)
+        info = self.client.create_run(experiment, run_name=name, tags={**tags, **process_tags()}).info
         run = TrackedRun(self.client, info.run_id, self.tracking_uri)
         status = "FAILED"
         try:
@@ -176,6 +180,42 @@ class MLflowTracker:
             raise
         finally:
             self.client.set_terminated(info.run_id, status)
+
+
+HOST, PID, STARTED = "rlhf_exp.host", "rlhf_exp.pid", "rlhf_exp.pid_started"
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), or None if it is not running;
+    with the pid, it names a process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+    except (OSError, IndexError):
+        return None
+
+
+def process_tags() -> dict[str, str]:
+    """The machine and process that own a run, so that a later process can tell it died."""
+    import socket
+    return {HOST: socket.gethostname(), PID: str(os.getpid()), STARTED: str(_started(os.getpid()))}
+
+
+def reap_dead_runs(client, experiment_id: str) -> bool:
+    """Mark KILLED the runs left RUNNING by a process of this machine that no longer exists (killed,
+    or out of memory): MLflow would show them running forever. Runs of other machines are left as
+    they are (nothing here can tell whether their process lives)."""
+    import socket
+    host = socket.gethostname().replace("'", "")
+    for run in client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{HOST}` = '{host}'",
+                                  max_results=1000):
+        tags = run.data.tags
+        if not tags.get(PID, "").isdigit() or _started(int(tags[PID])) == tags.get(STARTED):
+            continue  # its process still runs
+        client.set_tag(run.info.run_id, "error", f"its process (pid {tags[PID]} on {host}) died without ending it; "
+                                                 "marked KILLED by a later run")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return True
 
 
 @schema

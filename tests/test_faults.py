@@ -1,0 +1,70 @@
+"""Faults for real: processes killed with SIGKILL mid-stage, and what the next process finds."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.e2e
+
+
+def start(tmp_path, cache_dir, *overrides):
+    env = {**os.environ, "RLHF_EXP_CACHE": str(cache_dir)}
+    return subprocess.Popen([sys.executable, "-m", "rlhf_exp", *overrides], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for(predicate, timeout=240):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if (value := predicate()) is not None:
+            return value
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+def test_runs_of_a_killed_process_are_marked_killed_by_the_next_one(cli, tmp_path, cache_dir):
+    """kill -9 during align: its pipeline and align runs stay RUNNING in MLflow (nothing in the
+    process can end them); the next process on this machine finds their process gone and marks them
+    KILLED, saying why. A run whose process still lives is left RUNNING."""
+    cli("experiment=smoke", "logger=none", "hydra.run.dir=outputs/base")
+    db = tmp_path / "outputs/mlflow.db"
+    proc = start(tmp_path, cache_dir, "experiment=smoke", "reuse=outputs/base", "algorithm.max_steps=100000",
+                 "hydra.run.dir=outputs/killed")
+    living = start(tmp_path, cache_dir, "experiment=smoke", "reuse=outputs/base", "algorithm.max_steps=100000",
+                   "hydra.run.dir=outputs/living")
+    try:
+        def running_align():  # read with sqlite3: an MlflowClient would race the jobs to create the store
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                    pids = {pid for (pid,) in con.execute(
+                        "select p.value from runs r join tags s on s.run_uuid = r.run_uuid and s.key = 'stage' "
+                        "join tags p on p.run_uuid = r.run_uuid and p.key = 'rlhf_exp.pid' "
+                        "where r.status = 'RUNNING' and s.value = 'align'")}
+            except sqlite3.Error:
+                return None
+            return True if pids == {str(proc.pid), str(living.pid)} else None
+        wait_for(running_align)
+        client = MlflowClient(f"sqlite:///{db}")
+        runs = client.search_runs([client.get_experiment_by_name("rlhf").experiment_id], "attributes.status = 'RUNNING'")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        dead = {r.info.run_id for r in runs if r.data.tags["rlhf_exp.pid"] == str(proc.pid)}
+        assert len(dead) == 2  # the pipeline run and its align run
+
+        (tmp_path / "good.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+        cli("stage=prepare", "data=files", "data.feedback=good.jsonl")  # the next process
+        client = MlflowClient(f"sqlite:///{db}")
+        for run_id in dead:
+            run = client.get_run(run_id)
+            assert run.info.status == "KILLED" and f"pid {proc.pid}" in run.data.tags["error"]
+        alive = [r for r in runs if r.data.tags["rlhf_exp.pid"] == str(living.pid)]
+        assert len(alive) == 2 and all(client.get_run(r.info.run_id).info.status == "RUNNING" for r in alive)
+    finally:
+        for p in (proc, living):
+            p.kill()
+            p.wait(timeout=30)
