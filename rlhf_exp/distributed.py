@@ -74,3 +74,36 @@ def global_mean_loss(local_mean: torch.Tensor, n_local) -> tuple[torch.Tensor, t
     n = torch.as_tensor(n_local, dtype=torch.float32, device=local_mean.device)
     total = all_sum(torch.stack([local_mean.detach().float() * n, n]))
     return local_mean * (world_size() * n / total[1]), total[0] / total[1]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order (one process: [obj])."""
+    if not initialized():
+        return [obj]
+    out = [None] * world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def random_states() -> dict:
+    """This process's random generators (torch, CUDA, Python, NumPy), in types a checkpoint loads
+    with weights_only=True (tensors, lists, ints)."""
+    import random
+
+    import numpy as np
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss]}
+
+
+def set_random_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))

@@ -13,7 +13,7 @@ GROUPS = ["algorithm", "model", "reward", "data", "trainer", "logger", "paths", 
           "prepare", "reward_model", "eval"]
 REQUIRED = {("model", "hf"): ["model.name_or_path=/tmp/m"],
             ("reward", "classifier"): ["reward.name_or_path=/tmp/c", "reward.positive_label=nothate"],
-            ("trainer", "fsdp"): ["algorithm=dpo"]}  # FSDP serves SFT, the reward model and DPO
+            ("trainer", "fsdp"): ["algorithm=dpo", "trainer.accelerator=gpu"]}  # FSDP: SFT, RM, DPO; on GPUs
 
 
 def options():

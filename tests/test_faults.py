@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.e2e
@@ -68,3 +69,45 @@ def test_runs_of_a_killed_process_are_marked_killed_by_the_next_one(cli, tmp_pat
         for p in (proc, living):
             p.kill()
             p.wait(timeout=30)
+
+
+def test_align_killed_at_a_random_moment_and_resumed_equals_the_uninterrupted_run(cli, tmp_path, cache_dir):
+    """kill -9 of a real `stage=align` soon after its first checkpoint (at a random moment, perhaps
+    while a checkpoint is being written); resumed from checkpoints/align/last.ckpt, it logs the very
+    metrics of an uninterrupted run from the checkpoint on (same steps, same values, each once) and
+    saves the same policy, weight for weight."""
+    import random
+
+    from safetensors.torch import load_file
+    cli("experiment=smoke", "logger=none", "hydra.run.dir=outputs/base")
+    align = ["experiment=smoke", "stage=align", "algorithm.policy=outputs/base/sft",
+             "reward.path=outputs/base/reward_model", "algorithm.max_steps=40", "algorithm.checkpoint_every=3"]
+    cli(*align, "hydra.run.dir=outputs/whole")
+    proc = start(tmp_path, cache_dir, *align, "hydra.run.dir=outputs/killed")
+    ckpt = tmp_path / "outputs/killed/checkpoints/align/last.ckpt"
+    try:
+        wait_for(lambda: True if ckpt.is_file() else None)
+        time.sleep(random.uniform(0, 0.5))
+        assert proc.poll() is None, "the run ended before it was killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    cli(*align, f"algorithm.ckpt_path={ckpt}", "hydra.run.dir=outputs/resumed")
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    by_dir = {}
+    for r in client.search_runs([client.get_experiment_by_name("rlhf").experiment_id], "tags.stage = 'align'"):
+        by_dir[r.data.params["paths.output_dir"].rsplit("/", 1)[-1]] = r.info.run_id
+    whole, resumed = by_dir["whole"], by_dir["resumed"]
+    metrics = [k for k in client.get_run(whole).data.metrics if k.startswith("ppo/") and "/perf/" not in k]
+    assert "ppo/reward/score_mean" in metrics and "ppo/kl/coef" in metrics
+    first = None
+    for name in metrics:
+        w = [(m.step, m.value) for m in client.get_metric_history(whole, name)]
+        r = sorted((m.step, m.value) for m in client.get_metric_history(resumed, name))
+        first = first or r[0][0]
+        assert len(w) == 40 and first % 3 == 0 and 0 < first < 40 and r == sorted(w)[first:], name  # once each
+    a = load_file(tmp_path / "outputs/whole/policy/model.safetensors")
+    b = load_file(tmp_path / "outputs/resumed/policy/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

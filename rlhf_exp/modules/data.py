@@ -167,19 +167,29 @@ class ShardedSampler(torch.utils.data.Sampler):
     """The order a seeded `RandomSampler` gives in one process, of which each of W ranks takes its share
     (rank r the entries r, r + W, …, the order cut to a multiple of W): with batches of B / W, the union
     of the ranks' t-th batches is the single process's t-th batch of B. In one process it is that
-    RandomSampler, draw for draw."""
+    RandomSampler, draw for draw.
+
+    Resumable: `epoch_state` is its generator's state when the current epoch's order was drawn, and
+    `resume(state, skip)` makes the next epoch that order again, less its first `skip` entries."""
 
     def __init__(self, n: int, generator: torch.Generator, replacement: bool = False, num_samples: int | None = None):
         self.inner = torch.utils.data.RandomSampler(range(n), replacement=replacement, num_samples=num_samples,
                                                     generator=generator)
+        self.epoch_state, self.skip = generator.get_state(), 0
+
+    def resume(self, state: torch.Tensor, skip: int) -> None:
+        self.inner.generator.set_state(state)
+        self.skip = skip
 
     def __iter__(self):
         from rlhf_exp.distributed import rank, world_size
+        self.epoch_state = self.inner.generator.get_state()
+        order = list(self.inner)  # the epoch's order, drawn at once (the same draws as one by one)
         w = world_size()
-        if w == 1:
-            return iter(self.inner)
-        order = list(self.inner)
-        return iter(order[:len(order) - len(order) % w][rank()::w])
+        if w > 1:
+            order = order[:len(order) - len(order) % w][rank()::w]
+        skip, self.skip = self.skip, 0
+        return iter(order[skip:])
 
     def __len__(self) -> int:
         from rlhf_exp.distributed import world_size
@@ -218,10 +228,28 @@ class PromptDataModule(pl.LightningDataModule):
         super().__init__()
         self.rows = encode_prompts(tokenizer, prompts)
         self.pad_id, self.batch_size, self.seed = tokenizer.pad_token_id, batch_size, seed
+        self.sampler, self.resume_at = None, None
 
     def train_dataloader(self):
         g = torch.Generator().manual_seed(self.seed)
         n = len(self.rows)
-        sampler = ShardedSampler(n, g, replacement=self.batch_size > n, num_samples=max(n, self.batch_size))
-        return DataLoader(self.rows, batch_size=per_rank(self.batch_size), sampler=sampler, drop_last=True,
-                          collate_fn=left_pad_collate(self.pad_id))
+        self.sampler = ShardedSampler(n, g, replacement=self.batch_size > n, num_samples=max(n, self.batch_size))
+        if self.resume_at is not None:  # restored from a checkpoint: that epoch's order, from that batch on
+            state, batches = self.resume_at
+            self.sampler.resume(state, batches * per_rank(self.batch_size))
+        # the loader's own generator: its seed draw at each epoch must not touch the global stream
+        # that sampling uses, or a run resumed mid-epoch would sample differently
+        return DataLoader(self.rows, batch_size=per_rank(self.batch_size), sampler=self.sampler, drop_last=True,
+                          collate_fn=left_pad_collate(self.pad_id), generator=torch.Generator().manual_seed(self.seed))
+
+    def state_dict(self) -> dict:
+        """Where the data stands, for a checkpoint: the order of the current epoch (its generator's
+        state when drawn) and how many of its batches were trained on; at an epoch's end, the next
+        epoch from its start."""
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= len(self.sampler) // per_rank(self.batch_size):
+            return {"epoch_state": self.sampler.inner.generator.get_state(), "batches": 0}
+        return {"epoch_state": self.sampler.epoch_state, "batches": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resume_at = (state["epoch_state"], state["batches"])

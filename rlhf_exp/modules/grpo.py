@@ -38,6 +38,7 @@ class _GroupSettings:
     """What GRPO and RLOO share (each algorithm's YAML gives every default and meaning)."""
     policy: str | None
     ckpt_path: str | None
+    checkpoint_every: Annotated[int, Field(ge=1)]  # iterations between checkpoints
     max_steps: Annotated[int, Field(ge=1)]
     reward_threshold: float | None
     threshold_window: Annotated[int, Field(ge=1)]

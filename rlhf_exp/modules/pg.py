@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from rlhf_exp.core.ppo import AdaptiveKLController, FixedKLController
-from rlhf_exp.distributed import global_mean
+from rlhf_exp.distributed import gather_objects, global_mean, random_states, rank, set_random_states
 from rlhf_exp.models.generation import Rollout, generate
 from rlhf_exp.modules.metrics import to_floats
 from rlhf_exp.modules.optim import clip_grad_norm
@@ -121,9 +121,10 @@ def log_iteration(module, prefix: str, stats: dict, exp, epochs: int, t0: float,
 
 def loop_state(module) -> dict:
     """What a resumed run needs beyond weights and optimizer: iteration, score history, samples, the
-    minibatch shuffle's generator, and the KL coefficient where a controller moves it."""
+    minibatch shuffle's generator, every rank's random generators (sampling), and the KL coefficient
+    where a controller moves it. (The data's order and position are the data module's state.)"""
     state = {"iteration": module.iteration, "score_means": module.score_means, "samples": module.samples,
-             "shuffle": module.shuffle.get_state()}
+             "shuffle": module.shuffle.get_state(), "random": gather_objects(random_states())}  # every rank's
     if getattr(module, "kl_ctl", None) is not None:
         state["kl_coef"] = module.kl_ctl.value
     return state
@@ -160,5 +161,7 @@ def check_checkpoint(path: str | None, key: str, max_steps: int) -> None:
 def load_loop_state(module, state: dict) -> None:
     module.iteration, module.score_means, module.samples = state["iteration"], state["score_means"], state["samples"]
     module.shuffle.set_state(state["shuffle"])
+    if "random" in state:  # this rank's generators as they were: sampling goes on as if never stopped
+        set_random_states(state["random"][rank()])
     if "kl_coef" in state:
         module.kl_ctl.value = state["kl_coef"]

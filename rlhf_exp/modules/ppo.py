@@ -30,6 +30,7 @@ class PPOSettings:
     """PPO's hyperparameters, `algorithm=ppo` (conf/algorithm/ppo.yaml gives each its default and meaning)."""
     policy: str | None                         # policy to align; null = this pipeline's sft/, else the model group
     ckpt_path: str | None                      # a Lightning checkpoint to resume from
+    checkpoint_every: Annotated[int, Field(ge=1)]  # iterations between checkpoints
     max_steps: Annotated[int, Field(ge=1)]     # PPO iterations
     reward_threshold: float | None             # stop when the moving-average score reaches it
     threshold_window: Annotated[int, Field(ge=1)]

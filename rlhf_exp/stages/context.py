@@ -62,17 +62,21 @@ class StageContext:
         gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
         return torch.device("cuda", 0) if gpu else torch.device("cpu")
 
-    def trainer(self, stage: str, **overrides):
+    def trainer(self, stage: str, checkpoint_every: int | None = None, **overrides):
         """The configured pytorch_lightning.Trainer, logging into this stage's MLflow run,
-        checkpointing (for resuming) under checkpoints/<stage>/ in the run directory, and stopping
-        at the first non-finite loss or statistic (`DivergenceError`)."""
+        checkpointing (for resuming) under checkpoints/<stage>/ in the run directory (every
+        `checkpoint_every` training batches when given, else at each epoch's end), and stopping at
+        the first non-finite loss or statistic (`DivergenceError`), before the checkpoint is written."""
         from pytorch_lightning.callbacks import ModelCheckpoint
 
         from rlhf_exp.config import build
+        from rlhf_exp.modules.checkpoints import PeriodicCheckpoint
         from rlhf_exp.modules.guard import StopOnNonFinite
         callbacks = [StopOnNonFinite(stage)]
         if self.cfg.trainer.get("enable_checkpointing", True) and not self.cfg.trainer.get("fast_dev_run"):
-            callbacks.append(ModelCheckpoint(dirpath=self.run_dir / "checkpoints" / stage, save_last=True))
+            where = self.run_dir / "checkpoints" / stage
+            callbacks.append(PeriodicCheckpoint(where, checkpoint_every) if checkpoint_every else
+                             ModelCheckpoint(dirpath=where, save_last=True))
         # the data modules shard each batch over the ranks themselves (modules/data.ShardedSampler)
         return build(self.cfg.trainer, logger=self.run.lightning_logger(), callbacks=callbacks,
                      use_distributed_sampler=False, **overrides)
