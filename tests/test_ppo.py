@@ -2,6 +2,7 @@
 invariant check on (and a broken setup that the check catches), stopping, resuming."""
 import copy
 import re
+from functools import partial
 
 import pytest
 import pytorch_lightning as pl
@@ -180,8 +181,9 @@ class Unlisted:  # a class torch.load(weights_only=True) refuses to rebuild (it 
 
 def test_a_checkpoint_to_resume_from_is_checked_before_anything_loads(tmp_path):
     from rlhf_exp.errors import UserError
-    from rlhf_exp.modules.pg import check_checkpoint
-    check_checkpoint(None, "ppo", 3)  # nothing to resume
+    from rlhf_exp.modules.checkpoints import check_checkpoint
+    check = partial(check_checkpoint, field="algorithm.ckpt_path", key="ppo", max_steps=3)
+    check(None)  # nothing to resume
     (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
     cases = {"missing.ckpt": "no such file", "garbage.ckpt": "not a checkpoint (torch.save writes a zip"}
     torch.save({"ppo": {"iteration": 1}, "extra": Unlisted()}, tmp_path / "code.ckpt")
@@ -192,6 +194,6 @@ def test_a_checkpoint_to_resume_from_is_checked_before_anything_loads(tmp_path):
     cases["done.ckpt"] = "it is at iteration 3 and algorithm.max_steps = 3, so resuming would train nothing"
     for name, message in cases.items():
         with pytest.raises(UserError, match=re.escape(f"algorithm.ckpt_path = {tmp_path / name}: {message}")):
-            check_checkpoint(str(tmp_path / name), "ppo", 3)
+            check(str(tmp_path / name))
     torch.save({"ppo": {"iteration": 2}}, tmp_path / "ok.ckpt")
-    check_checkpoint(str(tmp_path / "ok.ckpt"), "ppo", 3)
+    check(str(tmp_path / "ok.ckpt"))

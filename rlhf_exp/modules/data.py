@@ -167,23 +167,16 @@ class ShardedSampler(torch.utils.data.Sampler):
     """The order a seeded `RandomSampler` gives in one process, of which each of W ranks takes its share
     (rank r the entries r, r + W, …, the order cut to a multiple of W): with batches of B / W, the union
     of the ranks' t-th batches is the single process's t-th batch of B. In one process it is that
-    RandomSampler, draw for draw.
-
-    Resumable: `epoch_state` is its generator's state when the current epoch's order was drawn, and
-    `resume(state, skip)` makes the next epoch that order again, less its first `skip` entries."""
+    RandomSampler, draw for draw. `skip` leaves out the first entries of the next epoch (once: a
+    resumed run's first epoch, of which that many were trained on before)."""
 
     def __init__(self, n: int, generator: torch.Generator, replacement: bool = False, num_samples: int | None = None):
         self.inner = torch.utils.data.RandomSampler(range(n), replacement=replacement, num_samples=num_samples,
                                                     generator=generator)
-        self.epoch_state, self.skip = generator.get_state(), 0
-
-    def resume(self, state: torch.Tensor, skip: int) -> None:
-        self.inner.generator.set_state(state)
-        self.skip = skip
+        self.skip = 0
 
     def __iter__(self):
         from rlhf_exp.distributed import rank, world_size
-        self.epoch_state = self.inner.generator.get_state()
         order = list(self.inner)  # the epoch's order, drawn at once (the same draws as one by one)
         w = world_size()
         if w > 1:
@@ -196,13 +189,54 @@ class ShardedSampler(torch.utils.data.Sampler):
         return len(self.inner) // world_size()
 
 
+class EpochLoader(DataLoader):
+    """A DataLoader that notes, as each epoch begins, the state of the generator that draws the
+    epoch's order (`order_generator`), so that a checkpoint can bring that epoch back."""
+
+    def __init__(self, *args, order_generator: torch.Generator, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.order_generator = order_generator
+        self.epoch_state = order_generator.get_state()
+
+    def __iter__(self):
+        self.epoch_state = self.order_generator.get_state()
+        return super().__iter__()
+
+
+class ResumableData(pl.LightningDataModule):
+    """A data module whose checkpointed state is where its training data stands: the order of the
+    current epoch (its generator's state as the epoch began) and how many of its batches were
+    trained on; at an epoch's end, the next epoch from its start. Restored, the next epoch is that
+    order from that batch on: a resumed run sees the batches the uninterrupted run would have."""
+    loader: EpochLoader | None = None
+    resume_at: tuple | None = None
+
+    def resumable(self, loader: EpochLoader) -> EpochLoader:
+        self.loader = loader
+        if self.resume_at is not None:
+            state, batches = self.resume_at
+            loader.order_generator.set_state(state)
+            loader.sampler.skip = batches * loader.batch_size
+            self.resume_at = None
+        return loader
+
+    def state_dict(self) -> dict:
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= len(self.loader):
+            return {"epoch_state": self.loader.order_generator.get_state(), "batches": 0}
+        return {"epoch_state": self.loader.epoch_state, "batches": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resume_at = (state["epoch_state"], state["batches"])
+
+
 def per_rank(batch_size: int) -> int:
     """A batch of `batch_size` shared by the ranks of a DDP run (the config is checked to divide)."""
     from rlhf_exp.distributed import world_size
     return max(1, batch_size // world_size())
 
 
-class RowsDataModule(pl.LightningDataModule):
+class RowsDataModule(ResumableData):
     """Rows of dicts, split by prompt into train and val, batched by a collate function. Under DDP
     each rank takes its share of every batch (`ShardedSampler`) and validates on all of val."""
 
@@ -212,15 +246,16 @@ class RowsDataModule(pl.LightningDataModule):
         self.collate, self.batch_size, self.seed = collate, batch_size, seed
 
     def train_dataloader(self):
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_rows, batch_size=per_rank(self.batch_size),
-                          sampler=ShardedSampler(len(self.train_rows), g), collate_fn=self.collate, generator=g)
+        g = torch.Generator().manual_seed(self.seed)  # draws the loader's seed, then the order, each epoch
+        return self.resumable(EpochLoader(self.train_rows, batch_size=per_rank(self.batch_size),
+                                          sampler=ShardedSampler(len(self.train_rows), g), collate_fn=self.collate,
+                                          generator=g, order_generator=g))
 
     def val_dataloader(self):
         return DataLoader(self.val_rows, batch_size=self.batch_size, collate_fn=self.collate)
 
 
-class PromptDataModule(pl.LightningDataModule):
+class PromptDataModule(ResumableData):
     """Prompts for rollouts, tokenized once; each epoch is one shuffled pass (drawn with replacement
     when the batch is larger than the prompt set), in full batches; under DDP each rank takes its share."""
 
@@ -228,28 +263,13 @@ class PromptDataModule(pl.LightningDataModule):
         super().__init__()
         self.rows = encode_prompts(tokenizer, prompts)
         self.pad_id, self.batch_size, self.seed = tokenizer.pad_token_id, batch_size, seed
-        self.sampler, self.resume_at = None, None
 
     def train_dataloader(self):
         g = torch.Generator().manual_seed(self.seed)
         n = len(self.rows)
-        self.sampler = ShardedSampler(n, g, replacement=self.batch_size > n, num_samples=max(n, self.batch_size))
-        if self.resume_at is not None:  # restored from a checkpoint: that epoch's order, from that batch on
-            state, batches = self.resume_at
-            self.sampler.resume(state, batches * per_rank(self.batch_size))
-        # the loader's own generator: its seed draw at each epoch must not touch the global stream
-        # that sampling uses, or a run resumed mid-epoch would sample differently
-        return DataLoader(self.rows, batch_size=per_rank(self.batch_size), sampler=self.sampler, drop_last=True,
-                          collate_fn=left_pad_collate(self.pad_id), generator=torch.Generator().manual_seed(self.seed))
-
-    def state_dict(self) -> dict:
-        """Where the data stands, for a checkpoint: the order of the current epoch (its generator's
-        state when drawn) and how many of its batches were trained on; at an epoch's end, the next
-        epoch from its start."""
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if done >= len(self.sampler) // per_rank(self.batch_size):
-            return {"epoch_state": self.sampler.inner.generator.get_state(), "batches": 0}
-        return {"epoch_state": self.sampler.epoch_state, "batches": done}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.resume_at = (state["epoch_state"], state["batches"])
+        sampler = ShardedSampler(n, g, replacement=self.batch_size > n, num_samples=max(n, self.batch_size))
+        # the loader draws its seed from a generator of its own: a draw from the global stream that
+        # sampling uses, at each epoch's start, would make a run resumed mid-epoch sample differently
+        return self.resumable(EpochLoader(self.rows, batch_size=per_rank(self.batch_size), sampler=sampler,
+                                          drop_last=True, collate_fn=left_pad_collate(self.pad_id),
+                                          generator=torch.Generator().manual_seed(self.seed), order_generator=g))

@@ -42,6 +42,8 @@ class DPOSettings:
     loss_type: Literal["sigmoid", "ipo", "hinge", "plackett_luce"]
     label_smoothing: Annotated[float, Field(ge=0, lt=0.5)]
     epochs: Annotated[int, Field(ge=1)]
+    checkpoint_every: Annotated[int, Field(ge=1)] | None  # steps between checkpoints; null: each epoch's end
+    ckpt_path: str | None                      # a Lightning checkpoint of this stage to resume from
     batch_size: Annotated[int, Field(ge=1)]     # pairs (plackett_luce: comparison sets) per step
     lr: Annotated[float, Field(gt=0)]
     warmup_steps: Annotated[int, Field(ge=0)]

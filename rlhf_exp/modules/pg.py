@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from rlhf_exp.core.ppo import AdaptiveKLController, FixedKLController
-from rlhf_exp.distributed import gather_objects, global_mean, random_states, rank, set_random_states
+from rlhf_exp.distributed import global_mean
 from rlhf_exp.models.generation import Rollout, generate
 from rlhf_exp.modules.metrics import to_floats
 from rlhf_exp.modules.optim import clip_grad_norm
@@ -121,47 +121,17 @@ def log_iteration(module, prefix: str, stats: dict, exp, epochs: int, t0: float,
 
 def loop_state(module) -> dict:
     """What a resumed run needs beyond weights and optimizer: iteration, score history, samples, the
-    minibatch shuffle's generator, every rank's random generators (sampling), and the KL coefficient
-    where a controller moves it. (The data's order and position are the data module's state.)"""
+    minibatch shuffle's generator, and the KL coefficient where a controller moves it. (The data's
+    order and place are the data module's state, the random generators the RandomStates callback's.)"""
     state = {"iteration": module.iteration, "score_means": module.score_means, "samples": module.samples,
-             "shuffle": module.shuffle.get_state(), "random": gather_objects(random_states())}  # every rank's
+             "shuffle": module.shuffle.get_state()}
     if getattr(module, "kl_ctl", None) is not None:
         state["kl_coef"] = module.kl_ctl.value
     return state
 
 
-def check_checkpoint(path: str | None, key: str, max_steps: int) -> None:
-    """A checkpoint to resume from (`algorithm.ckpt_path`): a file that loads with weights_only=True
-    (no code runs), written by this algorithm (its loop state under `key`), that leaves iterations to
-    do; else a UserError naming it. A resume that would train nothing is refused, not run."""
-    if path is None:
-        return
-    from pathlib import Path
-
-    from rlhf_exp.errors import UserError
-    where = f"algorithm.ckpt_path = {path}"
-    if not Path(path).is_file():
-        raise UserError(f"{where}: no such file (resolved to {Path(path).resolve()})")
-    import zipfile
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"{where}: not a checkpoint (torch.save writes a zip archive; this file is not one)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mapped, not read
-    except Exception as err:  # torch names the reason: not a zip file, a pickled class, ...
-        raise UserError(f"{where}: not a checkpoint that loads with weights_only=True "
-                        f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200]})") from None
-    state = ckpt.get(key) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or "iteration" not in state:
-        raise UserError(f"{where}: not a checkpoint of this algorithm (expected its loop state under {key!r})")
-    if state["iteration"] >= max_steps:
-        raise UserError(f"{where}: it is at iteration {state['iteration']} and algorithm.max_steps = {max_steps}, "
-                        f"so resuming would train nothing; expected algorithm.max_steps above {state['iteration']}")
-
-
 def load_loop_state(module, state: dict) -> None:
     module.iteration, module.score_means, module.samples = state["iteration"], state["score_means"], state["samples"]
     module.shuffle.set_state(state["shuffle"])
-    if "random" in state:  # this rank's generators as they were: sampling goes on as if never stopped
-        set_random_states(state["random"][rank()])
     if "kl_coef" in state:
         module.kl_ctl.value = state["kl_coef"]

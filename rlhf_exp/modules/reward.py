@@ -26,6 +26,8 @@ class RewardModelSettings:
     classifier_input: Literal["completion", "prompt_completion"]
     backbone: str | None        # model dir to start from; null = this pipeline's sft/, else the `model` group
     epochs: Annotated[int, Field(ge=1)]
+    checkpoint_every: Annotated[int, Field(ge=1)] | None  # steps between checkpoints; null: each epoch's end
+    ckpt_path: str | None                      # a Lightning checkpoint of this stage to resume from
     batch_size: Annotated[int, Field(ge=1)]          # comparison sets (classifier: texts) per step
     lr: Annotated[float, Field(gt=0)]
     weight_decay: Annotated[float, Field(ge=0)]

@@ -19,6 +19,8 @@ class SFTSettings:
     styles: Literal["mixed", "helpful"]     # synthetic world: what the demonstrations show
     per_prompt: Annotated[int, Field(ge=1)]
     epochs: Annotated[int, Field(ge=1)]
+    checkpoint_every: Annotated[int, Field(ge=1)] | None  # steps between checkpoints; null: each epoch's end
+    ckpt_path: str | None                      # a Lightning checkpoint of this stage to resume from
     batch_size: Annotated[int, Field(ge=1)]
     lr: Annotated[float, Field(gt=0)]
     weight_decay: Annotated[float, Field(ge=0)]

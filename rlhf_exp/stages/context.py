@@ -70,9 +70,9 @@ class StageContext:
         from pytorch_lightning.callbacks import ModelCheckpoint
 
         from rlhf_exp.config import build
-        from rlhf_exp.modules.checkpoints import PeriodicCheckpoint
+        from rlhf_exp.modules.checkpoints import PeriodicCheckpoint, RandomStates
         from rlhf_exp.modules.guard import StopOnNonFinite
-        callbacks = [StopOnNonFinite(stage)]
+        callbacks = [StopOnNonFinite(stage), RandomStates()]
         if self.cfg.trainer.get("enable_checkpointing", True) and not self.cfg.trainer.get("fast_dev_run"):
             where = self.run_dir / "checkpoints" / stage
             callbacks.append(PeriodicCheckpoint(where, checkpoint_every) if checkpoint_every else

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from rlhf_exp.feedback.formats import load_pairs
+from rlhf_exp.modules.checkpoints import check_checkpoint
 from rlhf_exp.modules.data import RowsDataModule, encode_pairs, encode_sets, pair_rows_collate, set_rows_collate
 from rlhf_exp.modules.dpo import DPOModule, DPOSettings, cache_reference_logps, pair_refs, set_refs
 from rlhf_exp.stages.context import StageContext
 
 
 def run(ctx: StageContext, s: DPOSettings) -> None:
+    check_checkpoint(s.ckpt_path, "algorithm.ckpt_path", max_epochs=s.epochs)  # before any model is loaded
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     spec = ctx.model_spec(s.policy, "policy")
     tokenizer = spec.tokenizer()
@@ -22,8 +24,8 @@ def run(ctx: StageContext, s: DPOSettings) -> None:
         rows, collate, refs = encode_pairs(tokenizer, pairs, s.max_len), pair_rows_collate(tokenizer.pad_token_id), pair_refs
     cache_reference_logps(policy, rows, collate, refs=refs)  # the reference: the starting policy (LoRA: adapters off)
     dm = RowsDataModule(rows, collate, s.batch_size, s.val_fraction, ctx.cfg.seed)
-    trainer = ctx.trainer("align", max_epochs=s.epochs)
-    trainer.fit(DPOModule(policy, s), datamodule=dm)
+    trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, max_epochs=s.epochs)
+    trainer.fit(DPOModule(policy, s), datamodule=dm, ckpt_path=s.ckpt_path, weights_only=True)
 
     ctx.save_pretrained("aligned_policy", "policy", policy, tokenizer)
     shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("dpo/val/")}

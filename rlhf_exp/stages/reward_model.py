@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 from rlhf_exp.feedback.formats import load_heldout, load_pairs, load_thumbs
 from rlhf_exp.feedback.prompts import sort_key
 from rlhf_exp.models.reward import batched_logits, classifier_texts, reward_scores
+from rlhf_exp.modules.checkpoints import check_checkpoint
 from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate, thumbs_collate
 from rlhf_exp.modules.reward import ClassifierModule, RewardModelSettings, RewardModule
 from rlhf_exp.stages.context import StageContext
@@ -58,6 +59,7 @@ def heldout_sets(ctx: StageContext) -> list[tuple[str, list[str]]]:
 
 def run(ctx: StageContext) -> None:
     s: RewardModelSettings = ctx.built["reward_model"]
+    check_checkpoint(s.ckpt_path, "reward_model.ckpt_path", max_epochs=s.epochs)  # before any model is loaded
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     if s.objective == "classifier":
         return run_classifier(ctx, s)
@@ -66,8 +68,8 @@ def run(ctx: StageContext) -> None:
     dm = RowsDataModule(comparison_groups(rows), pair_collate(tokenizer, s.max_len), s.batch_size,
                         s.val_fraction, ctx.cfg.seed)
     module = RewardModule(model, s)
-    trainer = ctx.trainer("reward_model", max_epochs=s.epochs)
-    trainer.fit(module, datamodule=dm)
+    trainer = ctx.trainer("reward_model", checkpoint_every=s.checkpoint_every, max_epochs=s.epochs)
+    trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path, weights_only=True)
 
     score = partial(reward_scores, model, tokenizer, batch_size=64, max_len=s.max_len)
     reference = sorted({(p.prompt, c) for p in rows for c in (p.chosen, p.rejected)},
@@ -92,8 +94,8 @@ def run_classifier(ctx: StageContext, s: RewardModelSettings) -> None:
     rows = [{"prompt": b.prompt, "completion": b.completion, "label": b.label} for b in thumbs]
     dm = RowsDataModule(rows, thumbs_collate(tokenizer, s.classifier_input, s.max_len), s.batch_size,
                         s.val_fraction, ctx.cfg.seed)
-    trainer = ctx.trainer("reward_model", max_epochs=s.epochs)
-    trainer.fit(ClassifierModule(model, s), datamodule=dm)
+    trainer = ctx.trainer("reward_model", checkpoint_every=s.checkpoint_every, max_epochs=s.epochs)
+    trainer.fit(ClassifierModule(model, s), datamodule=dm, ckpt_path=s.ckpt_path, weights_only=True)
     ctx.save_pretrained("reward_model", "reward_model", model, tokenizer)
 
     ups = sum(b.label for b in thumbs)
