@@ -117,3 +117,54 @@ def test_align_killed_at_a_random_moment_and_resumed_equals_the_uninterrupted_ru
     a = load_file(tmp_path / "outputs/whole/policy/model.safetensors")
     b = load_file(tmp_path / "outputs/resumed/policy/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_pipeline_killed_in_align_and_resumed_in_place_ends_as_the_uninterrupted_one(cli, tmp_path, cache_dir):
+    """`rlhf-exp resume=DIR` after kill -9 during align: sft, collect, prepare and reward_model (done)
+    are skipped, align goes on from its last checkpoint, eval runs; the evaluation and the policy are
+    those of an uninterrupted pipeline, and MLflow holds one pipeline run with one run per stage,
+    the same ones as before the crash, finished, each align step logged once."""
+    import json
+    import random
+
+    from safetensors.torch import load_file
+    run = ["experiment=smoke", "algorithm.max_steps=40", "algorithm.checkpoint_every=3"]
+    cli(*run, "hydra.run.dir=outputs/whole")
+    proc = start(tmp_path, cache_dir, *run, "hydra.run.dir=outputs/killed")
+    killed = tmp_path / "outputs/killed"
+    try:
+        wait_for(lambda: True if (killed / "checkpoints/align/last.ckpt").is_file() else None)
+        time.sleep(random.uniform(0, 0.5))
+        assert proc.poll() is None, "the run ended before it was killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    before = json.loads((killed / "run.json").read_text())
+    assert before["done"] == ["sft", "collect", "prepare", "reward_model"] and "align" in before["runs"]
+
+    out = cli("resume=outputs/killed").stdout
+    assert "resume: align goes on from" in out and "[sft]" not in out and "[align] done" in out
+    after = json.loads((killed / "run.json").read_text())
+    assert after["done"] == before["done"] + ["align", "eval", "pipeline"]
+    assert {k: after["runs"][k] for k in before["runs"]} == before["runs"]  # the same MLflow runs, continued
+    whole = json.loads((tmp_path / "outputs/whole/eval_summary.json").read_text())
+    resumed = json.loads((killed / "eval_summary.json").read_text())
+    assert {k: v for k, v in resumed.items() if k.startswith("eval/")} == \
+        {k: v for k, v in whole.items() if k.startswith("eval/")}
+    a, b = load_file(tmp_path / "outputs/whole/policy/model.safetensors"), load_file(killed / "policy/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    exp = client.get_experiment_by_name("rlhf").experiment_id
+    ours = [r for r in client.search_runs([exp]) if r.data.params.get("paths.output_dir", "").endswith("killed")]
+    assert sorted(r.data.tags["stage"] for r in ours) == sorted(["pipeline", "sft", "collect", "prepare",
+                                                                  "reward_model", "align", "eval"])
+    assert all(r.info.status == "FINISHED" for r in ours)
+    steps = [m.step for m in client.get_metric_history(after["runs"]["align"], "ppo/reward/score_mean")]
+    assert sorted(steps) == list(range(40))  # each iteration once: none lost, none logged twice
+
+    done = cli("resume=outputs/whole", check=False)  # a finished run, and no run at all, are refused
+    assert done.returncode == 2 and "that run finished" in done.stderr and "nothing to resume" in done.stderr
+    none = cli("resume=outputs/nothing", check=False)
+    assert none.returncode == 2 and "outputs/nothing/.hydra/overrides.yaml" in none.stderr

@@ -15,7 +15,9 @@ from pydantic import Field
 from rlhf_exp.config import ConfigError, collect, schema
 from rlhf_exp.distributed import is_main, rank
 from rlhf_exp.stages import align, collect as collect_stage, eval as eval_stage, prepare, reward_model, sft
+from rlhf_exp.errors import UserError
 from rlhf_exp.stages.context import StageContext
+from rlhf_exp.stages.record import RECORD, RunRecord, resume_checkpoints
 from rlhf_exp.stages.tracked import Tracking
 from rlhf_exp.tracking.tracker import NoTracker
 
@@ -38,7 +40,15 @@ class RunSettings:
     seed: Annotated[int, Field(ge=0)]
     experiment_name: str
     reuse: str | None            # an earlier pipeline run dir whose stage outputs are taken as they are
+    resume: str | None           # an interrupted run's dir, continued in place (the CLI runs it there)
     metric: str                  # the metric a sweep optimises (returned to Hydra's sweeper)
+
+    @pydantic.model_validator(mode="after")
+    def _resumable(self):
+        if self.resume and not (Path(self.resume) / RECORD).is_file():
+            raise ValueError(f"resume = {self.resume!r}: expected the directory of a run begun by rlhf-exp "
+                             f"(with {RECORD}; resolved to {Path(self.resume).resolve()})")
+        return self
 
     @pydantic.model_validator(mode="after")
     def _reusable(self):
@@ -150,13 +160,21 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
     if cfg.reuse and stage == "pipeline":
         outputs.update(reused_outputs(cfg.reuse))
         tags["reused_from"] = str(Path(cfg.reuse).resolve())
+    record = RunRecord(main_dir, write=main)
+    if cfg.resume:  # the same directory (the CLI set it): the same MLflow runs, finished stages skipped
+        record = RunRecord.load(main_dir, write=main)
+        if stage in record.done or "pipeline" in record.done:
+            raise UserError(f"resume = {cfg.resume}: that run finished ({', '.join(record.done)}); nothing to resume")
+        outputs.update(record.output_paths())
+        built = resume_checkpoints(built, record, main_dir)
     tracking = Tracking(built["logger"], cfg, tags)
 
     def run_stage(name: str, parent=None) -> None:
         if name in RANK0_STAGES and not main:  # rank 0 samples and writes; this rank takes its files
             outputs.update(share_outputs(outputs, main_dir))
             return
-        with tracking.run(name, parent) as run:
+        with tracking.run(name, parent, continue_id=record.runs.get(name) if cfg.resume else None) as run:
+            record.began(name, run.id)
             t0 = time.perf_counter()
             STAGES[name](StageContext(cfg, built, run_dir, run, outputs, main_dir))
             seconds = time.perf_counter() - t0
@@ -165,17 +183,21 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
                 print(f"[{name}] done in {seconds:.1f} s; outputs in {run_dir}")
         if name in RANK0_STAGES:
             share_outputs(outputs, main_dir)
+        record.finished(name, outputs)
         return run
 
     if stage != "pipeline":
         print_ui_links(run_stage(stage))
         return None
-    with tracking.run("pipeline") as parent:
+    with tracking.run("pipeline", continue_id=record.runs.get("pipeline") if cfg.resume else None) as parent:
+        record.began("pipeline", parent.id)
         for name in stages_to_run(outputs):
-            run_stage(name, parent)
+            if name not in record.done:
+                run_stage(name, parent)
         summary = json.loads(outputs["eval_summary"].read_text(encoding="utf-8")) if "eval_summary" in outputs else None
         if summary:
             parent.log_metrics({k: v for k, v in summary.items() if k.startswith("eval/")})
+    record.finished("pipeline", outputs)
     if summary and main:
         print(f"\n== before (reference) and after (aligned), {summary['prompts']} held-out prompts ==\n"
               f"{eval_stage.summary_table(summary)}\noutputs: {run_dir}")

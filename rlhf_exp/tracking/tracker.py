@@ -17,13 +17,26 @@ from rlhf_exp.config import schema
 class TrackedRun:
     """One MLflow run: params, metrics, tags and artifacts go to it."""
 
-    def __init__(self, client, run_id: str, tracking_uri: str):
-        self.client, self.id, self.tracking_uri = client, run_id, tracking_uri
+    def __init__(self, client, run_id: str, tracking_uri: str, continued: bool = False):
+        self.client, self.id, self.tracking_uri, self.continued = client, run_id, tracking_uri, continued
 
     def lightning_logger(self):
-        """Lightning's MLFlowLogger writing into this run (metrics logged with `self.log`)."""
+        """Lightning's MLFlowLogger writing into this run (metrics logged with `self.log`). In a run
+        continued after a crash (`resume=`), a metric's steps that the dead process logged already
+        are not logged again: resumed from its last checkpoint, the stage computes them anew, to the
+        same values, and each step is in the history once."""
         from pytorch_lightning.loggers import MLFlowLogger
-        return MLFlowLogger(tracking_uri=self.tracking_uri, run_id=self.id)
+        if not self.continued:
+            return MLFlowLogger(tracking_uri=self.tracking_uri, run_id=self.id)
+        done = {key: max(m.step for m in self.client.get_metric_history(self.id, key))
+                for key in self.client.get_run(self.id).data.metrics}
+
+        class ContinuedLogger(MLFlowLogger):
+            def log_metrics(self, metrics, step=None):
+                fresh = {k: v for k, v in metrics.items() if step is None or step > done.get(k, -1)}
+                if fresh:
+                    super().log_metrics(fresh, step)
+        return ContinuedLogger(tracking_uri=self.tracking_uri, run_id=self.id)
 
     def ui_urls(self) -> tuple[str, str]:
         """This run's page and its experiment's runs table in the MLflow UI: on the tracking server,
@@ -156,9 +169,11 @@ class MLflowTracker:
             return exp.experiment_id
 
     @contextlib.contextmanager
-    def run(self, name: str, tags: Mapping[str, object] | None = None,
-            parent: TrackedRun | None = None) -> Iterator[TrackedRun]:
-        """Start a run (nested under `parent` if given); end it FINISHED, or FAILED on an error."""
+    def run(self, name: str, tags: Mapping[str, object] | None = None, parent: TrackedRun | None = None,
+            continue_id: str | None = None) -> Iterator[TrackedRun]:
+        """Start a run (nested under `parent` if given), or continue run `continue_id` (one whose
+        process died: running again, owned by this process); end it FINISHED, or FAILED on an error."""
+        from mlflow.entities import RunTag
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
         tags = {k: str(v) for k, v in (tags or {}).items()}
         if parent is not None:
@@ -166,8 +181,13 @@ class MLflowTracker:
         experiment = self.experiment_id()
         if not self._reaped:
             self._reaped = reap_dead_runs(self.client, experiment)
-        info = self.client.create_run(experiment, run_name=name, tags={**tags, **process_tags()}).info
-        run = TrackedRun(self.client, info.run_id, self.tracking_uri)
+        if continue_id:
+            self.client.update_run(continue_id, status="RUNNING")
+            self.client.log_batch(continue_id, tags=[RunTag(k, v) for k, v in process_tags().items()])
+            info = self.client.get_run(continue_id).info
+        else:
+            info = self.client.create_run(experiment, run_name=name, tags={**tags, **process_tags()}).info
+        run = TrackedRun(self.client, info.run_id, self.tracking_uri, continued=bool(continue_id))
         status = "FAILED"
         try:
             yield run
@@ -223,5 +243,5 @@ class NoTracker:
     """`logger=none`: nothing is tracked."""
 
     @contextlib.contextmanager
-    def run(self, name, tags=None, parent=None) -> Iterator[NullRun]:
+    def run(self, name, tags=None, parent=None, continue_id=None) -> Iterator[NullRun]:
         yield NullRun()

@@ -1,0 +1,84 @@
+"""run.json: what a run has done so far, so that `rlhf-exp resume=DIR` can go on from there."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from rlhf_exp.errors import UserError
+from rlhf_exp.files import write_json
+
+RECORD = "run.json"
+CHECKPOINTED = {"sft": "sft", "reward_model": "reward_model", "align": "algorithm"}  # stage -> its settings
+
+
+class RunRecord:
+    """run.json in a run's directory, rewritten atomically as the run goes: the MLflow run of the
+    pipeline and of each stage begun, the stages finished, and the outputs they left."""
+
+    def __init__(self, run_dir: Path, write: bool = True, data: dict | None = None):
+        self.path, self.write = Path(run_dir) / RECORD, write
+        data = data or {}
+        self.runs: dict[str, str | None] = data.get("runs", {})
+        self.done: list[str] = data.get("done", [])
+        self.outputs: dict[str, str] = data.get("outputs", {})
+
+    @classmethod
+    def load(cls, run_dir: Path, write: bool) -> RunRecord:
+        path = Path(run_dir) / RECORD
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UserError(f"resume = {run_dir}: cannot read {path} ({type(err).__name__}: {err}); expected the "
+                            "directory of a run begun by rlhf-exp") from None
+        return cls(run_dir, write, data)
+
+    def began(self, name: str, run_id: str | None) -> None:
+        self.runs[name] = run_id
+        self._save()
+
+    def finished(self, name: str, outputs: dict[str, Path]) -> None:
+        self.done.append(name)
+        self.outputs = {k: str(v) for k, v in outputs.items()}
+        self._save()
+
+    def output_paths(self) -> dict[str, Path]:
+        return {k: Path(v) for k, v in self.outputs.items()}
+
+    def _save(self) -> None:
+        if self.write:
+            write_json(self.path, {"runs": self.runs, "done": self.done, "outputs": self.outputs})
+
+
+def resume_checkpoints(built: dict, record: RunRecord, run_dir: Path) -> dict:
+    """The settings with `ckpt_path` set to the last checkpoint of the stage that was interrupted
+    (begun, not finished), so that it goes on from there. A checkpoint of a stage whose training had
+    ended (the crash came while saving its model) leaves nothing to resume: that stage runs again."""
+    from rlhf_exp.modules.checkpoints import check_checkpoint
+    built = dict(built)
+    for stage, node in CHECKPOINTED.items():
+        ckpt = run_dir / "checkpoints" / stage / "last.ckpt"
+        if stage not in record.runs or stage in record.done or not ckpt.is_file() \
+                or not hasattr(built[node], "ckpt_path"):
+            continue
+        s = dataclasses.replace(built[node], ckpt_path=str(ckpt))
+        try:
+            check_checkpoint(s.ckpt_path, f"{node}.ckpt_path", **checkpoint_limits(stage, s))
+        except UserError as err:
+            print(f"resume: {stage} starts again ({err})")
+            continue
+        print(f"resume: {stage} goes on from {ckpt}")
+        built[node] = s
+    return built
+
+
+def checkpoint_limits(stage: str, s) -> dict:
+    """check_checkpoint's arguments for a stage's settings: the on-policy algorithms' loop state and
+    iterations, or the epochs of the others."""
+    from rlhf_exp.modules.grpo import ALGORITHMS
+    from rlhf_exp.modules.ppo import PPOSettings
+    if isinstance(s, PPOSettings):
+        return {"key": "ppo", "max_steps": s.max_steps}
+    if type(s) in ALGORITHMS:
+        return {"key": ALGORITHMS[type(s)][0], "max_steps": s.max_steps}
+    return {"max_epochs": s.epochs}
