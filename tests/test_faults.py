@@ -1,4 +1,5 @@
 """Faults for real: processes killed with SIGKILL mid-stage, and what the next process finds."""
+import contextlib
 import os
 import signal
 import sqlite3
@@ -168,3 +169,78 @@ def test_a_pipeline_killed_in_align_and_resumed_in_place_ends_as_the_uninterrupt
     assert done.returncode == 2 and "that run finished" in done.stderr and "nothing to resume" in done.stderr
     none = cli("resume=outputs/nothing", check=False)
     assert none.returncode == 2 and "outputs/nothing/.hydra/overrides.yaml" in none.stderr
+
+
+def serve(store, port):
+    """A real `mlflow server` on 127.0.0.1:port over the sqlite store in `store`; (process, url). It
+    runs its web workers as child processes: `kill_server` kills the whole process group."""
+    import urllib.request
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{store}/mlflow.db", "--artifacts-destination", str(store / "artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return True if urllib.request.urlopen(f"{url}/health", timeout=1).read() == b"OK" else None
+        except OSError:
+            return None
+    wait_for(up, timeout=60)
+    return proc, url
+
+
+def test_a_tracking_server_that_dies_mid_run_loses_nothing(cli, tmp_path, cache_dir):
+    """The server is killed with SIGKILL while align logs to it. Training goes on and exits 0. If the
+    server comes back before the run ends, every step reaches it; if it does not, what waits is kept
+    in the run's mlflow_pending.jsonl and the replay command sends it once the server is back."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = tmp_path / "server"
+    store.mkdir()
+    cli("experiment=smoke", "logger=none", "hydra.run.dir=outputs/base")
+    server, url = serve(store, port)
+    align = ["experiment=smoke", "stage=align", "algorithm.policy=outputs/base/sft",
+             "reward.path=outputs/base/reward_model", "algorithm.max_steps=80", f"logger.tracking_uri={url}"]
+    try:
+        for name, back in (("back", True), ("gone", False)):
+            proc = subprocess.Popen([sys.executable, "-m", "rlhf_exp", *align, f"hydra.run.dir=outputs/{name}"],
+                                    cwd=tmp_path, env={**os.environ, "RLHF_EXP_CACHE": str(cache_dir)},
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            client = MlflowClient(url)
+
+            def logging():
+                exp = client.get_experiment_by_name("rlhf")
+                runs = client.search_runs([exp.experiment_id], f"params.`paths.output_dir` LIKE '%{name}'") if exp else []
+                return runs[0].info.run_id if runs else None
+            run_id = wait_for(logging)
+            kill_server(server)
+            if back:
+                time.sleep(1.0)  # a few iterations with no server
+                server, url = serve(store, port)
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err[-3000:]
+            assert "warning: the tracking store failed" in err
+            pending = tmp_path / f"outputs/{name}/mlflow_pending.jsonl"
+            if not back:
+                assert pending.is_file() and f"python -m rlhf_exp.tracking.resilient {pending}" in err
+                server, url = serve(store, port)
+                sent = subprocess.run([sys.executable, "-m", "rlhf_exp.tracking.resilient", str(pending),
+                                       "--tracking-uri", url], capture_output=True, text=True, timeout=120)
+                assert sent.returncode == 0 and not pending.exists(), sent.stderr
+            else:
+                assert not pending.exists()
+            client = MlflowClient(url)
+            steps = sorted(m.step for m in client.get_metric_history(run_id, "ppo/reward/score_mean"))
+            assert steps == list(range(80)), name  # every iteration's metrics, once
+            assert client.get_run(run_id).info.status == "FINISHED"
+    finally:
+        kill_server(server)
+
+
+def kill_server(proc):
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)

@@ -70,3 +70,48 @@ def test_an_experiment_made_by_a_parallel_job_between_lookup_and_creation_is_tak
     client.get_experiment_by_name, client.create_experiment = (lambda name: None), refuse
     with pytest.raises(MlflowException, match="read-only"):
         tracker.experiment_id()
+
+
+def test_writes_wait_out_a_failing_store_in_order_and_are_kept_beside_the_run_if_it_stays_down(tmp_path):
+    """A store that fails (down, locked, unreachable) does not stop the run: its writes wait, in
+    order, and go out when it answers again; a write the store refuses as wrong is raised at once;
+    what still waits at the end is written to mlflow_pending.jsonl, which the replay command sends."""
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    from rlhf_exp.tracking.resilient import ResilientClient, replay
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    real = MlflowClient(uri)
+    run_id = real.create_run(real.create_experiment("r")).info.run_id
+
+    class Flaky:  # the store: down while `down` is set
+        down, calls = True, []
+
+        def log_batch(self, run_id, metrics=()):
+            if self.down:
+                raise OSError("connection refused")
+            self.calls.append([m.step for m in metrics])
+            real.log_batch(run_id, metrics=metrics)
+
+        def set_tag(self, run_id, key, value):
+            raise MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST)
+
+    store = Flaky()
+    client = ResilientClient(store, retry_s=0.0)
+    for step in range(3):
+        client.log_batch(run_id, metrics=[Metric("m", float(step), 0, step)])  # no error: training goes on
+    assert len(client.queue) == 3 and store.calls == []
+    store.down = False
+    client.log_batch(run_id, metrics=[Metric("m", 3.0, 0, 3)])
+    assert store.calls == [[0], [1], [2], [3]] and client.queue == []  # in order, nothing lost
+    with pytest.raises(MlflowException, match="no such run"):  # a refusal is an error, not an outage
+        client.set_tag(run_id, "k", "v")
+
+    store.down = True
+    client.log_batch(run_id, metrics=[Metric("m", 4.0, 0, 4)])
+    client.log_batch(run_id, metrics=[Metric("m", 5.0, 0, 5)])
+    kept = client.spill(tmp_path)
+    assert kept == tmp_path / "mlflow_pending.jsonl" and len(kept.read_text().splitlines()) == 2
+    assert replay(kept, real) == 2 and not kept.exists()
+    assert sorted((m.step, m.value) for m in real.get_metric_history(run_id, "m")) == [(s, float(s)) for s in range(6)]

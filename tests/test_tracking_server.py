@@ -2,6 +2,8 @@
 param, metric and artifact on it, the artifacts land in the server's own artifact store, and
 rlhf-exp-compare reads the sweep back from it; in a real browser, the link a run prints opens the
 MLflow UI on the runs table, with the stage runs nested under the pipeline's."""
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +27,7 @@ def mlflow_server(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                              f"sqlite:///{store}/mlflow.db", "--artifacts-destination", str(store / "artifacts"),
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -37,8 +39,8 @@ def mlflow_server(tmp_path):
         else:
             raise AssertionError("mlflow server did not start within 60 s")
         yield url, store / "artifacts"
-    finally:
-        proc.terminate()
+    finally:  # the server and the web workers it started
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
 
 

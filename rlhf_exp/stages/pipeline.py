@@ -186,6 +186,14 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
         record.finished(name, outputs)
         return run
 
+    try:
+        return run_tracked(stage, tracking, record, run_stage, outputs, cfg, run_dir, main)
+    finally:
+        if hasattr(built["logger"], "spill"):  # what a failing tracking store could not take, kept
+            built["logger"].spill(main_dir)
+
+
+def run_tracked(stage, tracking, record, run_stage, outputs, cfg, run_dir, main) -> float | None:
     if stage != "pipeline":
         print_ui_links(run_stage(stage))
         return None

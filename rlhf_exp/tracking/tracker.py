@@ -17,8 +17,9 @@ from rlhf_exp.config import schema
 class TrackedRun:
     """One MLflow run: params, metrics, tags and artifacts go to it."""
 
-    def __init__(self, client, run_id: str, tracking_uri: str, continued: bool = False):
+    def __init__(self, client, run_id: str, tracking_uri: str, experiment_id: str, continued: bool = False):
         self.client, self.id, self.tracking_uri, self.continued = client, run_id, tracking_uri, continued
+        self.experiment_id = experiment_id
 
     def lightning_logger(self):
         """Lightning's MLFlowLogger writing into this run (metrics logged with `self.log`). In a run
@@ -26,24 +27,28 @@ class TrackedRun:
         are not logged again: resumed from its last checkpoint, the stage computes them anew, to the
         same values, and each step is in the history once."""
         from pytorch_lightning.loggers import MLFlowLogger
-        if not self.continued:
-            return MLFlowLogger(tracking_uri=self.tracking_uri, run_id=self.id)
         done = {key: max(m.step for m in self.client.get_metric_history(self.id, key))
-                for key in self.client.get_run(self.id).data.metrics}
+                for key in self.client.get_run(self.id).data.metrics} if self.continued else {}
 
-        class ContinuedLogger(MLFlowLogger):
+        class Logger(MLFlowLogger):
             def log_metrics(self, metrics, step=None):
                 fresh = {k: v for k, v in metrics.items() if step is None or step > done.get(k, -1)}
                 if fresh:
                     super().log_metrics(fresh, step)
-        return ContinuedLogger(tracking_uri=self.tracking_uri, run_id=self.id)
+
+            def finalize(self, status="success"):  # the tracker ends the run (and keeps writes a dead store missed)
+                pass
+        logger = Logger(tracking_uri=self.tracking_uri, run_id=self.id)
+        # through this run's client (writes wait out a store that fails), the run known: no lookup
+        logger._mlflow_client, logger._experiment_id, logger._initialized = self.client, self.experiment_id, True
+        return logger
 
     def ui_urls(self) -> tuple[str, str]:
         """This run's page and its experiment's runs table in the MLflow UI: on the tracking server,
         or where `mlflow ui` serves a local store by default. Both ask for the model-training view
         (`workflowType=machine_learning`): MLflow 3.17 opens an experiment on its GenAI overview
         unless the URL or the browser's remembered choice says otherwise."""
-        experiment = self.client.get_run(self.id).info.experiment_id
+        experiment = self.experiment_id
         remote = self.tracking_uri.startswith(("http://", "https://"))
         base = f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment}" if remote else \
             f"http://127.0.0.1:5000/#/experiments/{experiment}"
@@ -103,7 +108,8 @@ EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_develop
 
 @schema
 class MLflowTracker:
-    """Runs in an MLflow tracking store (default: the sqlite file `outputs/mlflow.db`)."""
+    """Runs in an MLflow tracking store (default: the sqlite file `outputs/mlflow.db`). It must answer
+    when a run begins; later, while it fails, writes wait (tracking/resilient.py)."""
     tracking_uri: str
     experiment_name: str
     artifact_location: str
@@ -123,9 +129,19 @@ class MLflowTracker:
         sweep jobs starting on a fresh store would otherwise race to create its tables and lose runs)."""
         if self._client is None:
             from mlflow.tracking import MlflowClient
+
+            from rlhf_exp.tracking.resilient import ResilientClient
+            if self.tracking_uri.startswith(("http://", "https://")):  # fail fast and let the writes wait,
+                for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),  # not minutes of retries
+                                   ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+                    os.environ.setdefault(key, value)
             with self._store_lock():  # the client creates (or migrates) the store when it is made
-                self._client = MlflowClient(self.tracking_uri)
+                self._client = ResilientClient(MlflowClient(self.tracking_uri))
         return self._client
+
+    def spill(self, run_dir: Path) -> Path | None:
+        """At the end of a run: what a failing store could not take, written beside the run."""
+        return self._client.spill(run_dir) if self._client is not None else None
 
     @contextlib.contextmanager
     def _store_lock(self):
@@ -187,7 +203,7 @@ class MLflowTracker:
             info = self.client.get_run(continue_id).info
         else:
             info = self.client.create_run(experiment, run_name=name, tags={**tags, **process_tags()}).info
-        run = TrackedRun(self.client, info.run_id, self.tracking_uri, continued=bool(continue_id))
+        run = TrackedRun(self.client, info.run_id, self.tracking_uri, experiment, continued=bool(continue_id))
         status = "FAILED"
         try:
             yield run
