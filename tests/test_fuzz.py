@@ -5,8 +5,8 @@ nothing; and the config checker either accepts an override or refuses it with a 
 import functools
 import json
 import math
+from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
