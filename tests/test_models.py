@@ -1,4 +1,5 @@
 """model=tiny and model=hf: tokenizer with PAD != EOS and left padding; save_pretrained -> from_pretrained."""
+import re
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,34 @@ def test_sample_returns_n_completions_per_prompt(tiny):
     assert [len(t) for t in out.texts] == [2, 2, 2] and [len(e) for e in out.has_eos] == [2, 2, 2]
     assert all(1 <= n <= 4 for ns in out.lengths for n in ns)
     assert not lm.training  # the fixture's eval mode is restored
+
+
+def test_a_model_directory_is_checked_before_transformers_reads_it(tmp_path, tiny):
+    """Not a directory, no config, bad JSON, pickled weights only, no tokenizer: each refused with
+    the setting, the path and what is missing (no transformers traceback); pickled weights are never
+    loaded (they can run code)."""
+    from rlhf_exp.errors import UserError
+    from rlhf_exp.models.factory import check_model_dir
+    spec, tok, _ = tiny
+    good = tmp_path / "good"
+    spec.causal_lm(tok).save_pretrained(good)
+    tok.save_pretrained(good)
+    check_model_dir(good, "algorithm.policy")
+    (tmp_path / "file.jsonl").write_text("{}\n")
+    (tmp_path / "empty").mkdir()
+    bad_json = tmp_path / "bad_json"
+    bad_json.mkdir()
+    (bad_json / "config.json").write_text("{bad")
+    pickled = tmp_path / "pickled"  # as older transformers wrote it: a pickle, not safetensors
+    spec.causal_lm(tok).config.save_pretrained(pickled)
+    torch.save(spec.causal_lm(tok).state_dict(), pickled / "pytorch_model.bin")
+    tok.save_pretrained(pickled)
+    no_tok = tmp_path / "no_tok"
+    spec.causal_lm(tok).save_pretrained(no_tok)
+    cases = {"missing": "no such directory", "file.jsonl": "a file, not a directory", "empty": "no config.json",
+             "bad_json": "config.json is not JSON", "pickled": "pytorch_model.bin are pickled weights",
+             "no_tok": "no tokenizer (tokenizer.json or tokenizer_config.json)"}
+    for name, message in cases.items():
+        with pytest.raises(UserError, match=re.escape(f"algorithm.policy = {tmp_path / name} (resolved to")) as err:
+            check_model_dir(tmp_path / name, "algorithm.policy")
+        assert message in str(err.value), name

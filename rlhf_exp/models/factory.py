@@ -142,10 +142,12 @@ class HFModel(Training):
     trust_remote_code: bool
 
     def _materialize(self) -> str:
-        """The model directory; made from `gguf_file` on first use (atomically: a crash leaves none)."""
+        """The model directory, checked; made from `gguf_file` on first use (atomically: a crash
+        leaves none)."""
         out = Path(self.name_or_path)
         if self.gguf_file and not (out / "config.json").is_file():
             dequantize_gguf(Path(self.gguf_file), out)
+        check_model_dir(out)
         return str(out)
 
     def tokenizer(self):
@@ -154,7 +156,7 @@ class HFModel(Training):
         return _ready_for_generation(tok)
 
     def _load(self, auto_class, tokenizer, **kwargs):
-        model = auto_class.from_pretrained(self._materialize(), dtype=self.dtype,
+        model = auto_class.from_pretrained(self._materialize(), dtype=self.dtype, use_safetensors=True,
                                            trust_remote_code=self.trust_remote_code, **kwargs)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
@@ -192,6 +194,43 @@ class HFModel(Training):
         return cls(name_or_path=str(path), gguf_file=None, dtype="float32", trust_remote_code=False,
                    lora_r=0, lora_alpha=1.0, lora_dropout=0.0, lora_target_modules="all-linear",
                    gradient_checkpointing=False)
+
+
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+TOKENIZER = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_model_dir(path: Path, field: str | None = None) -> None:
+    """A model directory as save_pretrained writes it: config.json that is JSON, weights in
+    safetensors (pickled weights can run code when loaded, and are refused), a tokenizer. Else a
+    UserError naming the setting (`field`, when known), the path and what is missing, before
+    transformers is asked."""
+    import json
+
+    from rlhf_exp.errors import UserError
+    where = f"{field} = {path}" if field else f"model directory {str(path)!r}"
+    where += f" (resolved to {Path(path).resolve()})"
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{where}: no such directory; expected one written by save_pretrained (a stage's "
+                        "sft/, policy/ or reward_model/, or model=smollm2's cache)")
+    if not path.is_dir():
+        raise UserError(f"{where}: a file, not a directory; expected a directory written by save_pretrained")
+    config = path / "config.json"
+    if not config.is_file():
+        raise UserError(f"{where}: no config.json; expected a directory written by save_pretrained")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{where}: config.json is not JSON ({err})") from None
+    if not any((path / w).is_file() for w in WEIGHTS):
+        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        raise UserError(f"{where}: no weights in safetensors ({', '.join(WEIGHTS[:2])})"
+                        + (f"; {', '.join(pickled)} are pickled weights, which can run code when loaded and are "
+                           "not loaded: save them again with save_pretrained (safetensors is its default)"
+                           if pickled else ""))
+    if not any((path / t).is_file() for t in TOKENIZER):
+        raise UserError(f"{where}: no tokenizer ({' or '.join(TOKENIZER)}); save the tokenizer into it too")
 
 
 def dequantize_gguf(gguf: Path, out: Path) -> Path:

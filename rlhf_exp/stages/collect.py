@@ -62,7 +62,7 @@ def run(ctx: StageContext) -> None:
     if simulated and not data.simulated:
         raise ConfigError("collect.labelers = 'simulated': expected 'human' with data=files "
                           "(only the synthetic world has simulated labelers)")
-    spec = ctx.model_spec(s.policy, "policy")  # the directory given, this pipeline's sft/, or the model group
+    spec = ctx.model_spec(s.policy, "policy", "collect.policy")  # the directory given, this pipeline's sft/, or the model group
     tokenizer = spec.tokenizer()
     policy = spec.causal_lm(tokenizer).to(ctx.device())
     gen = dict(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,

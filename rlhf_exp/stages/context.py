@@ -33,10 +33,13 @@ class StageContext:
         raise UserError(f"{key}: no input given; pass {key}=PATH, or run the pipeline "
                         f"(stage=pipeline), whose earlier stages write it")
 
-    def model_spec(self, explicit: str | None, output: str | None = None):
-        """A model to start from: the directory given, else an earlier stage's output, else the
-        `model` group itself (e.g. the tiny model built from its config). A directory is loaded
-        with the `model` group's settings (dtype, trust_remote_code)."""
+    def model_spec(self, explicit: str | None, output: str | None = None, key: str | None = None):
+        """A model to start from: the directory given (setting `key`, checked now), else an earlier
+        stage's output, else the `model` group itself (e.g. the tiny model built from its config).
+        A directory is loaded with the `model` group's settings (dtype, trust_remote_code)."""
+        from rlhf_exp.models.factory import check_model_dir
+        if explicit:
+            check_model_dir(Path(explicit), key)
         path = explicit or self.outputs.get(output)
         return self.built["model"].from_dir(path) if path else self.built["model"]
 

@@ -14,7 +14,7 @@ from rlhf_exp.stages.context import StageContext
 def run(ctx: StageContext, s: DPOSettings) -> None:
     check_checkpoint(s.ckpt_path, "algorithm.ckpt_path", max_epochs=s.epochs)  # before any model is loaded
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
-    spec = ctx.model_spec(s.policy, "policy")
+    spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
     tokenizer = spec.tokenizer()
     policy = spec.trainable(spec.causal_lm(tokenizer))  # LoRA adapters when model.lora_r > 0
     pairs = load_pairs(ctx.input_path(s.pairs, "pairs", "algorithm.pairs"))

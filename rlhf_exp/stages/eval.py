@@ -121,8 +121,9 @@ def run(ctx: StageContext) -> None:
     data = ctx.built["data"]
     prompts = data.heldout_prompts() or data.train_prompts()
     policy_dir = ctx.input_path(s.policy, "aligned_policy", "eval.policy")
-    policy_spec = ctx.model_spec(str(policy_dir))
-    ref_spec = ctx.model_spec(s.reference, "policy")  # the directory given, this pipeline's sft/, or the model group
+    policy_spec = ctx.model_spec(str(policy_dir), key="eval.policy")
+    # the reference: the directory given, this pipeline's sft/, or the model group
+    ref_spec = ctx.model_spec(s.reference, "policy", "eval.reference")
     tokenizer = policy_spec.tokenizer()
     device = ctx.device()
     policy, ref = policy_spec.causal_lm(tokenizer).to(device), ref_spec.causal_lm(tokenizer).to(device)

@@ -37,7 +37,7 @@ def run(ctx: StageContext, s: PPOSettings) -> None:
     check_checkpoint(s.ckpt_path, "algorithm.ckpt_path", "ppo", s.max_steps)  # before any model is loaded
     # each rank of a DDP run samples rollouts of its own (DDP gives every rank rank 0's weights)
     pl.seed_everything(ctx.cfg.seed + rank(), workers=True, verbose=False)
-    spec = ctx.model_spec(s.policy, "policy")
+    spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
     tokenizer = spec.tokenizer()
     lm = spec.trainable(spec.causal_lm(tokenizer))   # LoRA adapters when model.lora_r > 0
     reward = ctx.reward_source()

@@ -26,7 +26,7 @@ GOLD_TIE = 0.1  # gold-score gaps below this are ties: no gold preference to agr
 def backbone(ctx: StageContext, s: RewardModelSettings, labels: list[str] | None = None):
     """(tokenizer, reward model with a fresh head: one output, or one per class of `labels`) from the
     backbone the settings name."""
-    spec = ctx.model_spec(s.backbone, "policy")
+    spec = ctx.model_spec(s.backbone, "policy", "reward_model.backbone")
     tokenizer = spec.tokenizer()
     return tokenizer, spec.trainable(spec.sequence_classifier(tokenizer, labels), task="SEQ_CLS")  # head trained with LoRA
 
