@@ -10,3 +10,9 @@ class DivergenceError(UserError):
     """Training produced a non-finite loss, reward, advantage or gradient norm: the stage stops and
     saves nothing; the message names the step and the quantities."""
     kind = "training diverged"
+
+
+class StalledError(UserError):
+    """Training ran its steps and changed no weight (a learning rate of 0, frozen parameters, a
+    loss that does not reach them): the stage stops and saves nothing."""
+    kind = "training changed nothing"

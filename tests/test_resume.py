@@ -128,3 +128,66 @@ def test_a_stage_resumed_mid_epoch_trains_exactly_as_the_uninterrupted_one(tiny,
                                                           weights_only=True)
     assert again.losses == whole.losses[4:]  # steps 5 to 9 (mid-epoch 2, then epoch 3), each once
     assert torch.equal(params(resumed), params(module))
+
+
+# -- faults around checkpoints -------------------------------------------------------------------
+
+def test_a_checkpoint_write_interrupted_half_way_leaves_the_previous_one_whole(tiny, tmp_path, monkeypatch):
+    """The third checkpoint's write fails after half its bytes (a full disk, a crash): last.ckpt is
+    still the second one, whole, and a run resumes from it."""
+    import fsspec.implementations.local as local
+    module, dm = build(*tiny, "ppo", 8)
+    writes = []
+    real_write = local.LocalFileOpener.write
+
+    def write(self, data):
+        writes.append(len(data))
+        if len(writes) == 3:
+            real_write(self, data[: len(data) // 2])
+            raise OSError("No space left on device")
+        return real_write(self, data)
+    monkeypatch.setattr(local.LocalFileOpener, "write", write)
+    with pytest.raises(OSError, match="No space left"):
+        trainer(callbacks=[PeriodicCheckpoint(tmp_path, 2), RandomStates()]).fit(module, datamodule=dm)
+    monkeypatch.undo()
+    assert len(writes) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no half file left
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert state["ppo"]["iteration"] == 4  # the second checkpoint, after iteration 4
+    resumed, dm = build(*tiny, "ppo", 8)
+    trainer(callbacks=[RandomStates()]).fit(resumed, datamodule=dm, ckpt_path=tmp_path / "last.ckpt", weights_only=True)
+    assert resumed.iteration == 8
+
+
+def test_a_nan_reward_stops_the_run_at_that_iteration_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+    from rlhf_exp.errors import DivergenceError
+    from rlhf_exp.modules.guard import StopOnNonFinite
+
+    class NaNAtFive:
+        calls = 0
+
+        def score(self, prompts, completions):
+            self.calls += 1
+            return torch.full((len(completions),), float("nan") if self.calls == 5 else 1.0)
+    pl.seed_everything(0, verbose=False)
+    module, dm = ppo(*tiny, reward=NaNAtFive(), max_steps=8, missing_eos_penalty=None)
+    with pytest.raises(DivergenceError, match=r"align diverged at iteration 5: ppo/reward/score_mean = nan"):
+        trainer(callbacks=[StopOnNonFinite("align"), PeriodicCheckpoint(tmp_path, 2)]).fit(module, datamodule=dm)
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["ppo"]["iteration"] == 4  # the last good one
+
+
+def test_a_stage_that_changes_no_weight_is_an_error(tiny):
+    """Steps that move nothing (here an optimizer with a learning rate of 0, as a broken schedule
+    would give), and a model with every parameter frozen, are errors, not silent successes."""
+    from rlhf_exp.errors import StalledError
+    from rlhf_exp.modules.guard import WeightsMustMove
+    module, dm = rows_stage(tiny, "dpo")
+    module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.0)
+    with pytest.raises(StalledError, match=r"align: 3 optimizer step\(s\) changed no weight"):
+        trainer(callbacks=[WeightsMustMove("align")], max_epochs=1).fit(module, datamodule=dm)
+    module, dm = rows_stage(tiny, "dpo")
+    for p in module.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(StalledError, match="no trainable parameter"):
+        trainer(callbacks=[WeightsMustMove("align")], max_epochs=1).fit(module, datamodule=dm)
+    module, dm = rows_stage(tiny, "dpo")  # and a stage that trains passes
+    trainer(callbacks=[WeightsMustMove("align")], max_epochs=1).fit(module, datamodule=dm)

@@ -115,3 +115,29 @@ def test_writes_wait_out_a_failing_store_in_order_and_are_kept_beside_the_run_if
     assert kept == tmp_path / "mlflow_pending.jsonl" and len(kept.read_text().splitlines()) == 2
     assert replay(kept, real) == 2 and not kept.exists()
     assert sorted((m.step, m.value) for m in real.get_metric_history(run_id, "m")) == [(s, float(s)) for s in range(6)]
+
+
+@pytest.mark.e2e  # waits out sqlite's busy timeout (about 20 s)
+def test_a_locked_sqlite_store_makes_writes_wait_not_fail(tmp_path):
+    """Another process holds the store's write lock (a long transaction) past sqlite's busy timeout:
+    the run's writes wait, and go out in order once the lock is released."""
+    import sqlite3
+    import time
+
+    from mlflow.entities import Metric
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = MLflowTracker(tracking_uri=uri, experiment_name="t", artifact_location=str(tmp_path / "art"))
+    with tracker.run("align") as run:
+        run.client.retry_s = 0.0
+        holder = sqlite3.connect(tmp_path / "mlflow.db", timeout=0)
+        holder.execute("BEGIN EXCLUSIVE")  # nobody else may read or write now
+        t0 = time.monotonic()
+        run.log_metrics({"m": 1.0}, step=0)  # returns: the write waits in memory
+        assert run.client.queue and time.monotonic() - t0 < 60
+        holder.rollback()
+        holder.close()
+        run.log_metrics({"m": 2.0}, step=1)
+        assert not run.client.queue
+    client = MlflowClient(uri)
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run.id, "m")) == [(0, 1.0), (1, 2.0)]
+    assert client.get_run(run.id).info.status == "FINISHED"
