@@ -93,7 +93,7 @@ def test_value_head_starts_at_zero_and_a_critic_can_start_from_the_reward_model(
 
 def test_one_ppo_iteration_moves_the_policy_and_logs_every_design_metric(tiny):
     spec, tok = tiny
-    module, dm = ppo(spec, tok, batch_size=8)  # 8 responses: some end with EOS, some do not
+    module, dm = ppo(spec, tok)
     before = copy.deepcopy(module.policy.state_dict())
     ref_before = copy.deepcopy(module.ref.state_dict())
     t = trainer()

@@ -41,7 +41,10 @@ def weights(module):
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_a_run_resumed_from_its_checkpoint_goes_on_exactly_as_the_uninterrupted_run(tiny, tmp_path, algorithm):
     spec, tok = tiny
-    steps, every = 8, 3  # checkpoints after iterations 3 and 6; the crash comes at iteration 5
+    # the crash comes after iteration 5; the last checkpoint before it is mid-epoch (PPO: 3 batches
+    # an epoch, checkpoints after 2 and 4; GRPO: 6 an epoch, a checkpoint after 3)
+    steps, every = 8, {"ppo": 2, "grpo": 3}[algorithm]
+    last = 5 // every * every
     module, dm = build(spec, tok, algorithm, steps)
     whole = Record()
     trainer(callbacks=[whole]).fit(module, datamodule=dm)
@@ -56,8 +59,8 @@ def test_a_run_resumed_from_its_checkpoint_goes_on_exactly_as_the_uninterrupted_
     resumed, dm = build(spec, tok, algorithm, steps)
     again = Record()
     trainer(callbacks=[RandomStates(), again]).fit(resumed, datamodule=dm, ckpt_path=tmp_path / "last.ckpt", weights_only=True)
-    assert resumed.iteration == steps and len(again.rows) == steps - every  # from iteration 4 on, once each
-    assert again.rows == whole.rows[every:]  # every statistic, iteration for iteration
+    assert resumed.iteration == steps and len(again.rows) == steps - last  # from the checkpoint on, once each
+    assert again.rows == whole.rows[last:]  # every statistic, iteration for iteration
     assert torch.equal(weights(resumed), weights(module))
     assert resumed.score_means == module.score_means and resumed.samples == module.samples
 
@@ -182,7 +185,7 @@ def test_a_stage_that_changes_no_weight_is_an_error(tiny):
     from rlhf_exp.modules.guard import WeightsMustMove
     module, dm = rows_stage(tiny, "dpo")
     module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.0)
-    with pytest.raises(StalledError, match=r"align: 3 optimizer step\(s\) changed no weight"):
+    with pytest.raises(StalledError, match=r"align: 3 optimizer step\(s\) changed no weight although gradients"):
         trainer(callbacks=[WeightsMustMove("align")], max_epochs=1).fit(module, datamodule=dm)
     module, dm = rows_stage(tiny, "dpo")
     for p in module.parameters():
@@ -191,3 +194,14 @@ def test_a_stage_that_changes_no_weight_is_an_error(tiny):
         trainer(callbacks=[WeightsMustMove("align")], max_epochs=1).fit(module, datamodule=dm)
     module, dm = rows_stage(tiny, "dpo")  # and a stage that trains passes
     trainer(callbacks=[WeightsMustMove("align")], max_epochs=1).fit(module, datamodule=dm)
+
+
+def test_steps_with_nothing_to_learn_only_warn(tiny, capsys):
+    """Every gradient zero (as for GRPO when every group's scores are equal): a warning, no error."""
+    from rlhf_exp.modules.guard import WeightsMustMove
+    module, dm = rows_stage(tiny, "dpo")
+    step = module.training_step
+    module.training_step = lambda batch, batch_idx: step(batch, batch_idx) * 0.0
+    module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.1)
+    trainer(callbacks=[WeightsMustMove("align")], max_epochs=1).fit(module, datamodule=dm)
+    assert "warning: align: 3 optimizer step(s) changed no weight: every gradient was zero" in capsys.readouterr().err

@@ -191,16 +191,26 @@ class ShardedSampler(torch.utils.data.Sampler):
 
 class EpochLoader(DataLoader):
     """A DataLoader that notes, as each epoch begins, the state of the generator that draws the
-    epoch's order (`order_generator`), so that a checkpoint can bring that epoch back."""
+    epoch's order (`order_generator`), so that a checkpoint can bring that epoch back.
+
+    A DataLoader draws a seed for its workers each time an epoch begins, from its `generator` or,
+    without one, from torch's global stream, which sampling and dropout share. A run resumed in the
+    middle of an epoch begins its (rest of the) epoch where the uninterrupted run drew nothing:
+    `resumed_mid_epoch` makes that one draw leave the global stream as it was."""
 
     def __init__(self, *args, order_generator: torch.Generator, **kwargs):
         super().__init__(*args, **kwargs)
-        self.order_generator = order_generator
+        self.order_generator, self.resumed_mid_epoch = order_generator, False
         self.epoch_state = order_generator.get_state()
 
     def __iter__(self):
         self.epoch_state = self.order_generator.get_state()
-        return super().__iter__()
+        if not self.resumed_mid_epoch:
+            return super().__iter__()
+        self.resumed_mid_epoch, state = False, torch.get_rng_state()
+        iterator = super().__iter__()
+        torch.set_rng_state(state)
+        return iterator
 
 
 class ResumableData(pl.LightningDataModule):
@@ -217,6 +227,7 @@ class ResumableData(pl.LightningDataModule):
             state, batches = self.resume_at
             loader.order_generator.set_state(state)
             loader.sampler.skip = batches * loader.batch_size
+            loader.resumed_mid_epoch = batches > 0
             self.resume_at = None
         return loader
 
@@ -268,8 +279,5 @@ class PromptDataModule(ResumableData):
         g = torch.Generator().manual_seed(self.seed)
         n = len(self.rows)
         sampler = ShardedSampler(n, g, replacement=self.batch_size > n, num_samples=max(n, self.batch_size))
-        # the loader draws its seed from a generator of its own: a draw from the global stream that
-        # sampling uses, at each epoch's start, would make a run resumed mid-epoch sample differently
         return self.resumable(EpochLoader(self.rows, batch_size=per_rank(self.batch_size), sampler=sampler,
-                                          drop_last=True, collate_fn=left_pad_collate(self.pad_id),
-                                          generator=torch.Generator().manual_seed(self.seed), order_generator=g))
+                                          drop_last=True, collate_fn=left_pad_collate(self.pad_id), order_generator=g))

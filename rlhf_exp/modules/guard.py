@@ -1,11 +1,12 @@
 """A trained stage stops at the first non-finite loss or statistic, with a named error, before it
-saves anything: a diverged model is never a stage's output, and the last checkpoint stays as it was."""
+saves anything: a diverged model is never a stage's output, and the last checkpoint stays as it was.
+Nor is a model that training left as it was."""
 from __future__ import annotations
 
 import math
+import sys
 
 import pytorch_lightning as pl
-
 import torch
 
 from rlhf_exp.errors import DivergenceError, StalledError
@@ -36,20 +37,31 @@ def fingerprint(module) -> torch.Tensor:
 
 
 class WeightsMustMove(pl.Callback):
-    """A stage that trains nothing is an error, not a silent success: no trainable parameter at
-    the start, or, after the steps it ran, every trainable weight as it was (checked at the end of
-    fit, before the stage saves anything)."""
+    """A stage that trains nothing is an error, not a silent success: no trainable parameter at the
+    start; or, at the end of fit (before the stage saves anything), every trainable weight as it was
+    although gradients flowed (a learning rate of 0, an optimizer over the wrong parameters). Steps
+    whose gradients were all zero (GRPO when every group's scores were equal) only get a warning:
+    there was nothing to learn."""
 
     def __init__(self, stage: str):
-        self.stage, self.start, self.steps = stage, None, 0
+        self.stage, self.start, self.steps, self.gradients = stage, None, 0, False
 
     def on_train_start(self, trainer, pl_module):
         if not any(p.requires_grad for p in pl_module.parameters()):
             raise StalledError(f"{self.stage}: the model has no trainable parameter (all frozen); nothing to train")
         self.start, self.steps = fingerprint(pl_module), trainer.global_step
 
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if not self.gradients:  # until the first step with a gradient: then nothing more to look at
+            self.gradients = any(p.grad is not None and bool(p.grad.any()) for p in pl_module.parameters())
+
     def on_train_end(self, trainer, pl_module):
         steps = trainer.global_step - self.steps
-        if steps > 0 and torch.equal(fingerprint(pl_module), self.start):
-            raise StalledError(f"{self.stage}: {steps} optimizer step(s) changed no weight (a learning rate of 0? "
-                               "parameters the loss does not reach?); nothing of this stage was saved")
+        if steps == 0 or not torch.equal(fingerprint(pl_module), self.start):
+            return
+        if self.gradients:
+            raise StalledError(f"{self.stage}: {steps} optimizer step(s) changed no weight although gradients "
+                               "flowed (a learning rate of 0? an optimizer over other parameters?); nothing of "
+                               "this stage was saved")
+        print(f"warning: {self.stage}: {steps} optimizer step(s) changed no weight: every gradient was zero "
+              "(nothing to learn: e.g. every group's scores equal)", file=sys.stderr)
