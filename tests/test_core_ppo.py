@@ -157,3 +157,13 @@ def test_response_mask_stops_after_the_first_eos():
     mask, has_eos = response_mask(response, eos)
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0]]
     assert has_eos.tolist() == [True, False, True, True]
+
+
+def test_a_non_finite_kl_leaves_the_adaptive_coefficient_as_it_was():
+    """An iteration skipped for a non-finite value (nonfinite=skip) must not poison the controller."""
+    ctl = AdaptiveKLController(0.2, target=4.0, horizon=100)
+    ctl.update(float("nan"), 10)
+    ctl.update(float("inf"), 10)
+    assert ctl.value == 0.2
+    ctl.update(8.0, 10)  # KL twice the target: error clipped to 0.2, times 10/100
+    assert ctl.value == pytest.approx(0.2 * 1.02)

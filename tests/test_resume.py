@@ -205,3 +205,40 @@ def test_steps_with_nothing_to_learn_only_warn(tiny, capsys):
     module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.1)
     trainer(callbacks=[WeightsMustMove("align")], max_epochs=1).fit(module, datamodule=dm)
     assert "warning: align: 3 optimizer step(s) changed no weight: every gradient was zero" in capsys.readouterr().err
+
+
+def test_nonfinite_skip_drops_the_bad_update_and_goes_on(tiny):
+    """nonfinite=skip: PPO with a reward that turns NaN at the fifth iteration, and DPO whose loss is
+    NaN at its second step, both run to the end with finite weights; the skipped steps are counted."""
+    from rlhf_exp.modules.guard import StopOnNonFinite
+
+    class NaNAtFive:
+        calls = 0
+
+        def score(self, prompts, completions):
+            self.calls += 1
+            return torch.full((len(completions),), float("nan") if self.calls == 5 else 1.0)
+    pl.seed_everything(0, verbose=False)
+    module, dm = ppo(*tiny, reward=NaNAtFive(), max_steps=8, missing_eos_penalty=None, minibatches=2, ppo_epochs=2)
+    guard = StopOnNonFinite("align", skip=True)
+    t = trainer(callbacks=[guard])
+    t.fit(module, datamodule=dm)
+    assert module.iteration == 8 and guard.skipped == 4  # the fifth iteration's 2 × 2 minibatch steps
+    assert all(torch.isfinite(p).all() for p in module.parameters()) and module.kl_ctl.value == module.kl_ctl.value
+    assert t.callback_metrics["align/nonfinite/skipped_steps"] == 4
+
+    module, dm = rows_stage(tiny, "dpo")
+    step = module.training_step
+    module.training_step = lambda batch, batch_idx: step(batch, batch_idx) * (float("nan") if batch_idx == 1 else 1.0)
+    guard = StopOnNonFinite("align", skip=True)
+    trainer(callbacks=[guard], max_epochs=1).fit(module, datamodule=dm)
+    assert guard.skipped == 1 and all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_the_nonfinite_setting_reaches_the_guard(tmp_path):
+    from rlhf_exp.modules.guard import StopOnNonFinite
+    from tests.test_knobs import stage_context
+    for value, skip in (("stop", False), ("skip", True)):
+        ctx = stage_context(tmp_path, f"nonfinite={value}")
+        guard = next(c for c in ctx.trainer("sft").callbacks if isinstance(c, StopOnNonFinite))
+        assert guard.skip is skip

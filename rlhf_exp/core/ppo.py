@@ -5,6 +5,8 @@ minibatch: policy_loss, value_loss, entropy -> total_loss. The KL controllers se
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rlhf_exp.core.ops import aggregate_loss, masked_mean
@@ -128,5 +130,7 @@ class AdaptiveKLController:
         self.value, self.target, self.horizon = kl_coef, target, horizon
 
     def update(self, current_kl: float, n_steps: int) -> None:
+        if not math.isfinite(current_kl):  # a skipped, non-finite iteration (nonfinite=skip) moves nothing
+            return
         error = min(max(current_kl / self.target - 1, -0.2), 0.2)
         self.value *= 1 + error * n_steps / self.horizon

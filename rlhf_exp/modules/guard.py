@@ -14,21 +14,38 @@ from rlhf_exp.errors import DivergenceError, StalledError
 
 class StopOnNonFinite(pl.Callback):
     """Checks what each training step returns: the loss (automatic optimisation), or PPO's
-    statistics of the iteration (losses, rewards, advantages and returns, gradient norms)."""
+    statistics of the iteration (losses, rewards, advantages and returns, gradient norms).
 
-    def __init__(self, stage: str):
-        self.stage = stage
+    `skip=True` (`nonfinite=skip`) goes on instead: before each optimizer step, gradients that are
+    not all finite are dropped (every `grad` set to None, which the optimizer skips: no update, no
+    moment or weight-decay change), and the steps so skipped are counted in
+    `<stage>/nonfinite/skipped_steps`."""
+
+    def __init__(self, stage: str, skip: bool = False):
+        self.stage, self.skip, self.skipped = stage, skip, 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if not self.skip:
+            return
+        params = [p for p in pl_module.parameters() if p.grad is not None]
+        if params and not all(bool(torch.isfinite(p.grad).all()) for p in params):
+            for p in params:
+                p.grad = None
+            self.skipped += 1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         values = outputs if isinstance(outputs, dict) else {"loss": outputs}
         bad = {k: float(v) for k, v in values.items() if v is not None and not math.isfinite(float(v))}
+        if self.skip:
+            pl_module.log(f"{self.stage}/nonfinite/skipped_steps", float(self.skipped), on_step=True, on_epoch=False)
+            return
         if bad:
             where = f"iteration {pl_module.iteration}" if hasattr(pl_module, "iteration") else \
                 f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
             raise DivergenceError(
                 f"{self.stage} diverged at {where}: " + ", ".join(f"{k} = {v}" for k, v in bad.items())
                 + f"; nothing of this stage was saved (its last checkpoint, if any, is in checkpoints/{self.stage}/)."
-                " A lower learning rate or gradient-norm limit may help.")
+                " A lower learning rate or gradient-norm limit may help (or nonfinite=skip to skip such steps).")
 
 
 def fingerprint(module) -> torch.Tensor:

@@ -75,7 +75,8 @@ class StageContext:
         from rlhf_exp.config import build
         from rlhf_exp.modules.checkpoints import PeriodicCheckpoint, RandomStates
         from rlhf_exp.modules.guard import StopOnNonFinite, WeightsMustMove
-        callbacks = [StopOnNonFinite(stage), WeightsMustMove(stage), RandomStates()]
+        skip = self.built["run"].nonfinite == "skip"
+        callbacks = [StopOnNonFinite(stage, skip), WeightsMustMove(stage), RandomStates()]
         if self.cfg.trainer.get("enable_checkpointing", True) and not self.cfg.trainer.get("fast_dev_run"):
             where = self.run_dir / "checkpoints" / stage
             callbacks.append(PeriodicCheckpoint(where, checkpoint_every) if checkpoint_every else

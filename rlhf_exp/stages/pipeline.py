@@ -42,6 +42,7 @@ class RunSettings:
     reuse: str | None            # an earlier pipeline run dir whose stage outputs are taken as they are
     resume: str | None           # an interrupted run's dir, continued in place (the CLI runs it there)
     metric: str                  # the metric a sweep optimises (returned to Hydra's sweeper)
+    nonfinite: Literal["stop", "skip"]  # at a non-finite loss, reward or gradient: stop, or skip that update
 
     @pydantic.model_validator(mode="after")
     def _resumable(self):
