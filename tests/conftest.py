@@ -30,6 +30,26 @@ def cli(tmp_path, cache_dir):
     return run
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, cache_dir):
+    """One smoke-sized pipeline run (no tracking), made once per session for the tests that start
+    from its sft/, pairs and reward model; nothing may write into it."""
+    where = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, "RLHF_EXP_CACHE": str(cache_dir)}
+    proc = subprocess.run([sys.executable, "-m", "rlhf_exp", "experiment=smoke", "logger=none", "hydra.run.dir=run"],
+                          cwd=where, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return where / "run"
+
+
+@pytest.fixture
+def base(tmp_path, smoke_run):
+    """The session's smoke run, seen as outputs/base in this test's working directory."""
+    (tmp_path / "outputs").mkdir(exist_ok=True)
+    (tmp_path / "outputs" / "base").symlink_to(smoke_run, target_is_directory=True)
+    return tmp_path / "outputs" / "base"
+
+
 def compose(*overrides):
     """Compose conf/config.yaml with overrides (no Hydra runtime, so output_dir is set by hand)."""
     from hydra import compose as hydra_compose

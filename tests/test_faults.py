@@ -29,11 +29,10 @@ def wait_for(predicate, timeout=240):
     raise AssertionError("timed out")
 
 
-def test_runs_of_a_killed_process_are_marked_killed_by_the_next_one(cli, tmp_path, cache_dir):
+def test_runs_of_a_killed_process_are_marked_killed_by_the_next_one(cli, tmp_path, cache_dir, base):
     """kill -9 during align: its pipeline and align runs stay RUNNING in MLflow (nothing in the
     process can end them); the next process on this machine finds their process gone and marks them
     KILLED, saying why. A run whose process still lives is left RUNNING."""
-    cli("experiment=smoke", "logger=none", "hydra.run.dir=outputs/base")
     db = tmp_path / "outputs/mlflow.db"
     proc = start(tmp_path, cache_dir, "experiment=smoke", "reuse=outputs/base", "algorithm.max_steps=100000",
                  "hydra.run.dir=outputs/killed")
@@ -77,7 +76,8 @@ ALIGN = {"ppo": ["algorithm.max_steps=40", "reward.path=outputs/base/reward_mode
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "dpo"])
-def test_align_killed_at_a_random_moment_and_resumed_equals_the_uninterrupted_run(cli, tmp_path, cache_dir, algorithm):
+def test_align_killed_at_a_random_moment_and_resumed_equals_the_uninterrupted_run(cli, tmp_path, cache_dir, algorithm,
+                                                                                base):
     """kill -9 of a real `stage=align` soon after its first checkpoint (at a random moment, perhaps
     while a checkpoint is being written); resumed from checkpoints/align/last.ckpt, it logs the very
     metrics of an uninterrupted run from the checkpoint on (same steps, same values, each once) and
@@ -86,7 +86,6 @@ def test_align_killed_at_a_random_moment_and_resumed_equals_the_uninterrupted_ru
     import random
 
     from safetensors.torch import load_file
-    cli("experiment=smoke", "logger=none", "hydra.run.dir=outputs/base")
     align = ["experiment=smoke", "stage=align", f"algorithm={algorithm}", "algorithm.policy=outputs/base/sft",
              "algorithm.checkpoint_every=3", *ALIGN[algorithm]]
     cli(*align, "hydra.run.dir=outputs/whole")
@@ -190,7 +189,7 @@ def serve(store, port):
     return proc, url
 
 
-def test_a_tracking_server_that_dies_mid_run_loses_nothing(cli, tmp_path, cache_dir):
+def test_a_tracking_server_that_dies_mid_run_loses_nothing(cli, tmp_path, cache_dir, base):
     """The server is killed with SIGKILL while align logs to it. Training goes on and exits 0. If the
     server comes back before the run ends, every step reaches it; if it does not, what waits is kept
     in the run's mlflow_pending.jsonl and the replay command sends it once the server is back."""
@@ -200,7 +199,6 @@ def test_a_tracking_server_that_dies_mid_run_loses_nothing(cli, tmp_path, cache_
         port = s.getsockname()[1]
     store = tmp_path / "server"
     store.mkdir()
-    cli("experiment=smoke", "logger=none", "hydra.run.dir=outputs/base")
     server, url = serve(store, port)
     align = ["experiment=smoke", "stage=align", "algorithm.policy=outputs/base/sft",
              "reward.path=outputs/base/reward_model", "algorithm.max_steps=80", f"logger.tracking_uri={url}"]

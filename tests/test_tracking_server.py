@@ -44,9 +44,8 @@ def mlflow_server(tmp_path):
         proc.wait(timeout=30)
 
 
-def test_a_parallel_sweep_against_a_tracking_server_is_recorded_whole_and_compared(cli, tmp_path, mlflow_server):
+def test_a_parallel_sweep_against_a_tracking_server_is_recorded_whole_and_compared(cli, tmp_path, mlflow_server, base):
     url, artifacts = mlflow_server
-    cli("experiment=smoke", "logger=none", "hydra.run.dir=outputs/base")
     cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=smoke", "reuse=outputs/base",
         "algorithm.clip_eps=0.1,0.2,0.3", f"logger.tracking_uri={url}", "hydra.sweep.dir=outputs/sweep")
     client = MlflowClient(url)
@@ -72,13 +71,12 @@ def test_a_parallel_sweep_against_a_tracking_server_is_recorded_whole_and_compar
     assert (tmp_path / "cmp/compare.md").is_file()
 
 
-def test_the_printed_link_opens_the_runs_table_with_the_stages_under_the_pipeline(cli, mlflow_server, browser):
+def test_the_printed_link_opens_the_runs_table_with_the_stages_under_the_pipeline(cli, mlflow_server, browser, base):
     """MLflow 3.17 opens an experiment on its GenAI overview (traces, tokens) unless the URL asks for
     the model-training view; the links a run prints ask for it."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     url, _ = mlflow_server
-    cli("experiment=smoke", "logger=none", "hydra.run.dir=outputs/base")
     out = cli("experiment=smoke", "reuse=outputs/base", f"logger.tracking_uri={url}").stdout
     run_page = next(line.split("MLflow: ")[1] for line in out.splitlines() if line.startswith("MLflow: "))
     table = next(line.split("runs table: ")[1] for line in out.splitlines() if "runs table: " in line)

@@ -176,13 +176,15 @@ class ShardedSampler(torch.utils.data.Sampler):
         self.skip = 0
 
     def __iter__(self):
+        import itertools
+
         from rlhf_exp.distributed import rank, world_size
-        order = list(self.inner)  # the epoch's order, drawn at once (the same draws as one by one)
-        w = world_size()
-        if w > 1:
-            order = order[:len(order) - len(order) % w][rank()::w]
         skip, self.skip = self.skip, 0
-        return iter(order[skip:])
+        w = world_size()
+        if w == 1:  # drawn as consumed, as RandomSampler does (the skipped entries drawn, as they were)
+            return itertools.islice(iter(self.inner), skip, None)
+        order = list(self.inner)
+        return iter(order[:len(order) - len(order) % w][rank()::w][skip:])
 
     def __len__(self) -> int:
         from rlhf_exp.distributed import world_size
