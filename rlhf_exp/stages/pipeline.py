@@ -187,26 +187,20 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
         record.finished(name, outputs)
         return run
 
-    try:
-        return run_tracked(stage, tracking, record, run_stage, outputs, cfg, run_dir, main)
-    finally:
-        if hasattr(built["logger"], "spill"):  # what a failing tracking store could not take, kept
-            built["logger"].spill(main_dir)
-
-
-def run_tracked(stage, tracking, record, run_stage, outputs, cfg, run_dir, main) -> float | None:
-    if stage != "pipeline":
-        print_ui_links(run_stage(stage))
-        return None
-    with tracking.run("pipeline", continue_id=record.runs.get("pipeline") if cfg.resume else None) as parent:
-        record.began("pipeline", parent.id)
-        for name in stages_to_run(outputs):
-            if name not in record.done:
-                run_stage(name, parent)
-        summary = json.loads(outputs["eval_summary"].read_text(encoding="utf-8")) if "eval_summary" in outputs else None
-        if summary:
-            parent.log_metrics({k: v for k, v in summary.items() if k.startswith("eval/")})
-    record.finished("pipeline", outputs)
+    with built["logger"].keeping_writes(main_dir):  # what a failing tracking store could not take, kept
+        if stage != "pipeline":
+            print_ui_links(run_stage(stage))
+            return None
+        with tracking.run("pipeline", continue_id=record.runs.get("pipeline") if cfg.resume else None) as parent:
+            record.began("pipeline", parent.id)
+            for name in stages_to_run(outputs):
+                if name not in record.done:
+                    run_stage(name, parent)
+            summary = json.loads(outputs["eval_summary"].read_text(encoding="utf-8")) \
+                if "eval_summary" in outputs else None
+            if summary:
+                parent.log_metrics({k: v for k, v in summary.items() if k.startswith("eval/")})
+        record.finished("pipeline", outputs)
     if summary and main:
         print(f"\n== before (reference) and after (aligned), {summary['prompts']} held-out prompts ==\n"
               f"{eval_stage.summary_table(summary)}\noutputs: {run_dir}")

@@ -139,9 +139,14 @@ class MLflowTracker:
                 self._client = ResilientClient(MlflowClient(self.tracking_uri))
         return self._client
 
-    def spill(self, run_dir: Path) -> Path | None:
-        """At the end of a run: what a failing store could not take, written beside the run."""
-        return self._client.spill(run_dir) if self._client is not None else None
+    @contextlib.contextmanager
+    def keeping_writes(self, run_dir: Path) -> Iterator[None]:
+        """Whatever happens inside, what a failing store could not take is then written beside the run."""
+        try:
+            yield
+        finally:
+            if self._client is not None:
+                self._client.spill(run_dir)
 
     @contextlib.contextmanager
     def _store_lock(self):
@@ -261,3 +266,7 @@ class NoTracker:
     @contextlib.contextmanager
     def run(self, name, tags=None, parent=None, continue_id=None) -> Iterator[NullRun]:
         yield NullRun()
+
+    @contextlib.contextmanager
+    def keeping_writes(self, run_dir) -> Iterator[None]:
+        yield
