@@ -124,7 +124,6 @@ def test_a_locked_sqlite_store_makes_writes_wait_not_fail(tmp_path):
     import sqlite3
     import time
 
-    from mlflow.entities import Metric
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = MLflowTracker(tracking_uri=uri, experiment_name="t", artifact_location=str(tmp_path / "art"))
     with tracker.run("align") as run:
