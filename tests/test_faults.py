@@ -71,6 +71,20 @@ def test_runs_of_a_killed_process_are_marked_killed_by_the_next_one(cli, tmp_pat
             p.wait(timeout=30)
 
 
+def kill_after(proc, ckpt):
+    """SIGKILL to `proc` at a random moment within half a second of its first checkpoint `ckpt`
+    (perhaps while it writes the next one), before it ends."""
+    import random
+    try:
+        wait_for(lambda: True if ckpt.is_file() else None)
+        time.sleep(random.uniform(0, 0.5))
+        assert proc.poll() is None, "the run ended before it was killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+
+
 ALIGN = {"ppo": ["algorithm.max_steps=40", "reward.path=outputs/base/reward_model"],
          "dpo": ["algorithm.epochs=12", "algorithm.pairs=outputs/base/pairs.jsonl"]}
 
@@ -83,22 +97,13 @@ def test_align_killed_at_a_random_moment_and_resumed_equals_the_uninterrupted_ru
     metrics of an uninterrupted run from the checkpoint on (same steps, same values, each once) and
     saves the same policy, weight for weight. (Both train with dropout off; tests/test_resume.py
     checks SFT, which keeps it on, and the random generators it needs.)"""
-    import random
-
     from safetensors.torch import load_file
     align = ["experiment=smoke", "stage=align", f"algorithm={algorithm}", "algorithm.policy=outputs/base/sft",
              "algorithm.checkpoint_every=3", *ALIGN[algorithm]]
     cli(*align, "hydra.run.dir=outputs/whole")
     proc = start(tmp_path, cache_dir, *align, "hydra.run.dir=outputs/killed")
     ckpt = tmp_path / "outputs/killed/checkpoints/align/last.ckpt"
-    try:
-        wait_for(lambda: True if ckpt.is_file() else None)
-        time.sleep(random.uniform(0, 0.5))
-        assert proc.poll() is None, "the run ended before it was killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
+    kill_after(proc, ckpt)
     cli(*align, f"algorithm.ckpt_path={ckpt}", "hydra.run.dir=outputs/resumed")
 
     client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
@@ -125,21 +130,13 @@ def test_a_pipeline_killed_in_align_and_resumed_in_place_ends_as_the_uninterrupt
     those of an uninterrupted pipeline, and MLflow holds one pipeline run with one run per stage,
     the same ones as before the crash, finished, each align step logged once."""
     import json
-    import random
 
     from safetensors.torch import load_file
     run = ["experiment=smoke", "algorithm.max_steps=40", "algorithm.checkpoint_every=3"]
     cli(*run, "hydra.run.dir=outputs/whole")
     proc = start(tmp_path, cache_dir, *run, "hydra.run.dir=outputs/killed")
     killed = tmp_path / "outputs/killed"
-    try:
-        wait_for(lambda: True if (killed / "checkpoints/align/last.ckpt").is_file() else None)
-        time.sleep(random.uniform(0, 0.5))
-        assert proc.poll() is None, "the run ended before it was killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
+    kill_after(proc, killed / "checkpoints/align/last.ckpt")
     before = json.loads((killed / "run.json").read_text())
     assert before["done"] == ["sft", "collect", "prepare", "reward_model"] and "align" in before["runs"]
 

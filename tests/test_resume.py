@@ -135,6 +135,15 @@ def test_a_stage_resumed_mid_epoch_trains_exactly_as_the_uninterrupted_one(tiny,
 
 # -- faults around checkpoints -------------------------------------------------------------------
 
+class NaNAtFive:
+    """A reward that is 1 for every response, and NaN at its fifth call (the fifth iteration)."""
+    calls = 0
+
+    def score(self, prompts, completions):
+        self.calls += 1
+        return torch.full((len(completions),), float("nan") if self.calls == 5 else 1.0)
+
+
 def test_a_checkpoint_write_interrupted_half_way_leaves_the_previous_one_whole(tiny, tmp_path, monkeypatch):
     """The third checkpoint's write fails after half its bytes (a full disk, a crash): last.ckpt is
     still the second one, whole, and a run resumes from it."""
@@ -165,12 +174,6 @@ def test_a_nan_reward_stops_the_run_at_that_iteration_and_keeps_the_last_good_ch
     from rlhf_exp.errors import DivergenceError
     from rlhf_exp.modules.guard import StopOnNonFinite
 
-    class NaNAtFive:
-        calls = 0
-
-        def score(self, prompts, completions):
-            self.calls += 1
-            return torch.full((len(completions),), float("nan") if self.calls == 5 else 1.0)
     pl.seed_everything(0, verbose=False)
     module, dm = ppo(*tiny, reward=NaNAtFive(), max_steps=8, missing_eos_penalty=None)
     with pytest.raises(DivergenceError, match=r"align diverged at iteration 5: ppo/reward/score_mean = nan"):
@@ -212,12 +215,6 @@ def test_nonfinite_skip_drops_the_bad_update_and_goes_on(tiny):
     NaN at its second step, both run to the end with finite weights; the skipped steps are counted."""
     from rlhf_exp.modules.guard import StopOnNonFinite
 
-    class NaNAtFive:
-        calls = 0
-
-        def score(self, prompts, completions):
-            self.calls += 1
-            return torch.full((len(completions),), float("nan") if self.calls == 5 else 1.0)
     pl.seed_everything(0, verbose=False)
     module, dm = ppo(*tiny, reward=NaNAtFive(), max_steps=8, missing_eos_penalty=None, minibatches=2, ppo_epochs=2)
     guard = StopOnNonFinite("align", skip=True)
