@@ -446,3 +446,33 @@ def test_a_non_finite_loss_stops_the_stage_with_the_step_and_the_quantity_named(
     with pytest.raises(DivergenceError, match="iteration 4: ppo/value/loss = inf"):
         StopOnNonFinite("align").on_train_batch_end(trainer, ppo, {"ppo/value/loss": float("inf"),
                                                                     "ppo/kl/ref": 0.1}, None, 0)
+
+
+# -- checkpoints: every trained stage's interval and resume path reach its trainer ------------------
+
+@pytest.mark.parametrize("stage,node", [("sft", "sft"), ("reward_model", "reward_model"), ("dpo", "algorithm")])
+def test_every_stage_checkpoint_setting_reaches_its_trainer_and_its_resume_check(tmp_path, monkeypatch, stage, node):
+    from rlhf_exp.errors import UserError
+    from rlhf_exp.stages import dpo, reward_model, sft
+    from rlhf_exp.stages.context import StageContext
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def trainer(self, name, checkpoint_every=None, **kw):
+        seen["every"] = checkpoint_every
+        raise Stop
+    monkeypatch.setattr(StageContext, "trainer", trainer)
+    extra = ["algorithm=dpo"] if stage == "dpo" else []
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' * 4)
+    inputs = {"reward_model": ["reward_model.pairs=" + str(tmp_path / "pairs.jsonl")],
+              "dpo": ["algorithm.pairs=" + str(tmp_path / "pairs.jsonl")]}.get(stage, [])
+    ctx = stage_context(tmp_path, *extra, *inputs, f"{node}.checkpoint_every=7")
+    run = {"sft": sft.run, "reward_model": reward_model.run, "dpo": lambda c: dpo.run(c, c.built["algorithm"])}[stage]
+    with pytest.raises(Stop):
+        run(ctx)
+    assert seen["every"] == 7
+    ctx = stage_context(tmp_path, *extra, *inputs, f"{node}.ckpt_path=missing.ckpt")
+    with pytest.raises(UserError, match=f"{node}.ckpt_path = missing.ckpt: no such file"):
+        run(ctx)
