@@ -75,3 +75,17 @@ def check_checkpoint(path: str | None, field: str, key: str | None = None, max_s
             stage = field.rsplit(".", 1)[0]
             raise UserError(f"{where}: it has finished {done} epoch(s) and {stage}.epochs = {max_epochs}, so resuming "
                             f"would train nothing; expected {stage}.epochs above {done}")
+
+
+def check_resume(s, field: str) -> None:
+    """check_checkpoint for a stage's settings `s` (their `ckpt_path`): the on-policy algorithms'
+    loop state and iterations, or the epochs of the others."""
+    from rlhf_exp.modules.grpo import ALGORITHMS
+    from rlhf_exp.modules.ppo import PPOSettings
+    if isinstance(s, PPOSettings):
+        limits = {"key": "ppo", "max_steps": s.max_steps}
+    elif type(s) in ALGORITHMS:
+        limits = {"key": ALGORITHMS[type(s)][0], "max_steps": s.max_steps}
+    else:
+        limits = {"max_epochs": s.epochs}
+    check_checkpoint(s.ckpt_path, field, **limits)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from rlhf_exp.feedback.formats import load_pairs
-from rlhf_exp.modules.checkpoints import check_checkpoint
+from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.modules.data import RowsDataModule, encode_pairs, encode_sets, pair_rows_collate, set_rows_collate
 from rlhf_exp.modules.dpo import DPOModule, DPOSettings, cache_reference_logps, pair_refs, set_refs
 from rlhf_exp.stages.context import StageContext
 
 
 def run(ctx: StageContext, s: DPOSettings) -> None:
-    check_checkpoint(s.ckpt_path, "algorithm.ckpt_path", max_epochs=s.epochs)  # before any model is loaded
+    check_resume(s, "algorithm.ckpt_path")  # before any model is loaded
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
     tokenizer = spec.tokenizer()

@@ -8,14 +8,14 @@ from rlhf_exp.distributed import rank
 from rlhf_exp.files import write_jsonl
 from rlhf_exp.models.training import reference
 from rlhf_exp.modules.data import PromptDataModule
-from rlhf_exp.modules.grpo import ALGORITHMS, GroupModule, GRPOSettings, RLOOSettings
-from rlhf_exp.modules.checkpoints import check_checkpoint
+from rlhf_exp.modules.grpo import GroupModule, GRPOSettings, RLOOSettings
+from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.stages.context import StageContext
 
 
 def run(ctx: StageContext, s: GRPOSettings | RLOOSettings) -> None:
     # before any model is loaded
-    check_checkpoint(s.ckpt_path, "algorithm.ckpt_path", ALGORITHMS[type(s)][0], s.max_steps)
+    check_resume(s, "algorithm.ckpt_path")
     # each rank of a DDP run samples rollouts of its own (DDP gives every rank rank 0's weights)
     pl.seed_everything(ctx.cfg.seed + rank(), workers=True, verbose=False)
     spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")

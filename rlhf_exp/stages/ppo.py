@@ -10,7 +10,7 @@ from rlhf_exp.files import write_jsonl
 from rlhf_exp.models.training import reference
 from rlhf_exp.models.value import ActorCritic
 from rlhf_exp.modules.data import PromptDataModule
-from rlhf_exp.modules.checkpoints import check_checkpoint
+from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.modules.ppo import PPOModule, PPOSettings
 from rlhf_exp.stages.context import StageContext
 
@@ -34,7 +34,7 @@ def critic_for(s: PPOSettings, lm, tokenizer, reward):
 
 
 def run(ctx: StageContext, s: PPOSettings) -> None:
-    check_checkpoint(s.ckpt_path, "algorithm.ckpt_path", "ppo", s.max_steps)  # before any model is loaded
+    check_resume(s, "algorithm.ckpt_path")  # before any model is loaded
     # each rank of a DDP run samples rollouts of its own (DDP gives every rank rank 0's weights)
     pl.seed_everything(ctx.cfg.seed + rank(), workers=True, verbose=False)
     spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")

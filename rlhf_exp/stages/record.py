@@ -54,7 +54,7 @@ def resume_checkpoints(built: dict, record: RunRecord, run_dir: Path) -> dict:
     """The settings with `ckpt_path` set to the last checkpoint of the stage that was interrupted
     (begun, not finished), so that it goes on from there. A checkpoint of a stage whose training had
     ended (the crash came while saving its model) leaves nothing to resume: that stage runs again."""
-    from rlhf_exp.modules.checkpoints import check_checkpoint
+    from rlhf_exp.modules.checkpoints import check_resume
     built = dict(built)
     for stage, node in CHECKPOINTED.items():
         ckpt = run_dir / "checkpoints" / stage / "last.ckpt"
@@ -63,22 +63,10 @@ def resume_checkpoints(built: dict, record: RunRecord, run_dir: Path) -> dict:
             continue
         s = dataclasses.replace(built[node], ckpt_path=str(ckpt))
         try:
-            check_checkpoint(s.ckpt_path, f"{node}.ckpt_path", **checkpoint_limits(stage, s))
+            check_resume(s, f"{node}.ckpt_path")
         except UserError as err:
             print(f"resume: {stage} starts again ({err})")
             continue
         print(f"resume: {stage} goes on from {ckpt}")
         built[node] = s
     return built
-
-
-def checkpoint_limits(stage: str, s) -> dict:
-    """check_checkpoint's arguments for a stage's settings: the on-policy algorithms' loop state and
-    iterations, or the epochs of the others."""
-    from rlhf_exp.modules.grpo import ALGORITHMS
-    from rlhf_exp.modules.ppo import PPOSettings
-    if isinstance(s, PPOSettings):
-        return {"key": "ppo", "max_steps": s.max_steps}
-    if type(s) in ALGORITHMS:
-        return {"key": ALGORITHMS[type(s)][0], "max_steps": s.max_steps}
-    return {"max_epochs": s.epochs}

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from rlhf_exp.feedback.formats import load_heldout, load_pairs, load_thumbs
 from rlhf_exp.feedback.prompts import sort_key
 from rlhf_exp.models.reward import batched_logits, classifier_texts, reward_scores
-from rlhf_exp.modules.checkpoints import check_checkpoint
+from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate, thumbs_collate
 from rlhf_exp.modules.reward import ClassifierModule, RewardModelSettings, RewardModule
 from rlhf_exp.stages.context import StageContext
@@ -59,7 +59,7 @@ def heldout_sets(ctx: StageContext) -> list[tuple[str, list[str]]]:
 
 def run(ctx: StageContext) -> None:
     s: RewardModelSettings = ctx.built["reward_model"]
-    check_checkpoint(s.ckpt_path, "reward_model.ckpt_path", max_epochs=s.epochs)  # before any model is loaded
+    check_resume(s, "reward_model.ckpt_path")  # before any model is loaded
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     if s.objective == "classifier":
         return run_classifier(ctx, s)

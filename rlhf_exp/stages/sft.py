@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from rlhf_exp.feedback.prompts import sort_key
-from rlhf_exp.modules.checkpoints import check_checkpoint
+from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.modules.data import RowsDataModule, sft_collate
 from rlhf_exp.modules.sft import SFTModule, SFTSettings
 from rlhf_exp.stages.context import StageContext
@@ -12,7 +12,7 @@ from rlhf_exp.stages.context import StageContext
 
 def run(ctx: StageContext) -> None:
     s: SFTSettings = ctx.built["sft"]
-    check_checkpoint(s.ckpt_path, "sft.ckpt_path", max_epochs=s.epochs)  # before any model is loaded
+    check_resume(s, "sft.ckpt_path")  # before any model is loaded
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     spec = ctx.built["model"]
     tokenizer = spec.tokenizer()
