@@ -15,23 +15,29 @@ from rlhf_exp.errors import UserError
 class FileError(UserError):
     """A bad input file; `problems` holds one sentence per bad line or field."""
 
-    def __init__(self, source: str, problems: list[str]):
+    def __init__(self, source: str, problems: list[str], unit: str = "line"):
         self.source, self.problems = str(source), problems
         shown = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} bad line(s); nothing was written\n{shown}")
+        super().__init__(f"{source}: {len(problems)} bad {unit}(s); nothing was written\n{shown}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to, renamed over `path` when the block completes; on
+    an error the temporary file is removed and `path` is left as it was."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def _atomic(path: Path) -> Iterator:
-    """A text file written under a temporary name beside `path`, renamed over it when complete; on
-    an error the temporary file is removed and `path` is left as it was."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            yield fh
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A text file written atomically (see `atomic_path`)."""
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        yield fh
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -55,6 +61,19 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     with _atomic(path) as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
+    return path
+
+
+def write_parquet(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Rows as a Parquet dataset (what `datasets.load_dataset("parquet", ...)` reads), atomically;
+    every key of any row is a column (null where a row lacks it)."""
+    import datasets
+    datasets.disable_progress_bars()
+    path = Path(path)
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    table = datasets.Dataset.from_dict({k: [row.get(k) for row in rows] for k in keys})
+    with atomic_path(path) as tmp:
+        table.to_parquet(str(tmp))
     return path
 
 

@@ -120,7 +120,7 @@ def _parse_ranked(obj: dict, problems: list[str]) -> RankedSet | None:
     return RankedSet(prompt, list(comps), {str(k): list(v) for k, v in rankings.items()}, set_id, extra)
 
 
-def _parse_pairwise(obj: dict, problems: list[str]) -> Pair | None:
+def parse_pairwise(obj: dict, problems: list[str]) -> Pair | None:
     prompt = check_prompt(obj, problems)
     for key in ("chosen", "rejected"):
         check_str(obj, key, problems)
@@ -147,7 +147,7 @@ def _parse_binary(obj: dict, problems: list[str]) -> Binary | None:
     return Binary(prompt, obj["completion"], label)
 
 
-PARSERS = {"ranked": _parse_ranked, "pairwise": _parse_pairwise, "binary": _parse_binary}
+PARSERS = {"ranked": _parse_ranked, "pairwise": parse_pairwise, "binary": _parse_binary}
 
 
 def parse_lines(lines: Iterable[str], source: str = "<feedback>") -> Feedback:
@@ -190,7 +190,7 @@ def load_feedback(path: str | os.PathLike) -> Feedback:
 def load_pairs(path: str | os.PathLike) -> list[Pair]:
     """A pairs file ({"prompt", "chosen", "rejected"} per line, optional margin, agreement, set_id),
     every line checked."""
-    return read_jsonl(path, _parse_pairwise)
+    return read_jsonl(path, parse_pairwise)
 
 
 def load_thumbs(path: str | os.PathLike) -> list[Binary]:
