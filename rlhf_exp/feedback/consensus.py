@@ -36,24 +36,50 @@ class LabelerStats:
     reason: str = ""
 
 
-def labeler_agreement(sets: list[RankedSet]) -> dict[str, LabelerStats]:
-    """Each labeler's mean Kendall tau-b against the mean ranking of the others, set by set."""
-    stats: dict[str, LabelerStats] = {}
-    taus: dict[str, list[float]] = defaultdict(list)
-    for s in sets:
+def agreement_series(sets: list[RankedSet]) -> dict[str, list[tuple[int, float | None]]]:
+    """For each labeler, in the order of `sets` (the order they were labeled): (set index, Kendall
+    tau-b of their ranking against the mean ranking of the set's other labelers), tau None where it
+    is undefined (no other labeler, or either ranking all ties)."""
+    series: dict[str, list[tuple[int, float | None]]] = {}
+    for i, s in enumerate(sets):
         n = len(s.completions)
         for lab, ranks in s.rankings.items():
-            stats.setdefault(lab, LabelerStats(lab)).sets_ranked += 1
             others = [r for o, r in s.rankings.items() if o != lab]
-            if not others:
-                continue
-            tau = kendall_tau_b(rank_values(ranks, n), _mean_ranks(others, n))
-            if tau is not None:
-                taus[lab].append(tau)
-    for lab, st in stats.items():
-        st.sets_compared = len(taus[lab])
-        st.agreement = mean(taus[lab]) if taus[lab] else None
+            tau = kendall_tau_b(rank_values(ranks, n), _mean_ranks(others, n)) if others else None
+            series.setdefault(lab, []).append((i, tau))
+    return series
+
+
+def labeler_agreement(sets: list[RankedSet]) -> dict[str, LabelerStats]:
+    """Each labeler's mean Kendall tau-b against the mean ranking of the others, set by set."""
+    stats = {}
+    for lab, points in agreement_series(sets).items():
+        taus = [t for _, t in points if t is not None]
+        stats[lab] = LabelerStats(lab, sets_ranked=len(points), sets_compared=len(taus),
+                                  agreement=mean(taus) if taus else None)
     return stats
+
+
+def pairwise_agreement(sets: list[RankedSet]) -> tuple[list[str], list[list[float | None]], list[list[int]]]:
+    """Who agrees with whom: (labelers, tau, count), tau[a][b] the mean Kendall tau-b between labelers
+    a and b over the sets both ranked (None where no such set gives a defined tau), count[a][b] how
+    many sets that mean is over; tau[a][a] is 1 over every set a ranked."""
+    labs = sorted({lab for s in sets for lab in s.rankings})
+    index = {lab: i for i, lab in enumerate(labs)}
+    taus: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for s in sets:
+        n = len(s.completions)
+        values = {index[lab]: rank_values(r, n) for lab, r in s.rankings.items()}
+        for a, b in combinations(sorted(values), 2):
+            tau = kendall_tau_b(values[a], values[b])
+            if tau is not None:
+                taus[a, b].append(tau)
+                taus[b, a].append(tau)
+        for a in values:
+            taus[a, a].append(1.0)
+    tau = [[mean(taus[a, b]) if taus[a, b] else None for b in range(len(labs))] for a in range(len(labs))]
+    count = [[len(taus[a, b]) for b in range(len(labs))] for a in range(len(labs))]
+    return labs, tau, count
 
 
 def overall_agreement(sets: list[RankedSet], labelers: set[str] | None = None) -> float | None:

@@ -7,9 +7,11 @@ from pydantic import Field
 
 from rlhf_exp.config import schema
 from rlhf_exp.feedback.consensus import DROP_REASONS, Prepared, prepare_pairs
-from rlhf_exp.feedback.formats import load_feedback, ranked_to_json
+from rlhf_exp.feedback.formats import Pair, load_feedback, ranked_to_json
+from rlhf_exp.feedback.prompts import messages
+from rlhf_exp.feedback.report import plot_matrix, plot_over_time
 from rlhf_exp.feedback.sources import LoadedFeedback
-from rlhf_exp.files import FileError, write_json, write_jsonl
+from rlhf_exp.files import FileError, write_json, write_jsonl, write_parquet
 from rlhf_exp.stages.context import StageContext
 
 
@@ -20,6 +22,16 @@ class PrepareSettings:
     flag_quorum: Annotated[float, Field(ge=0, le=1)]
     pairs_from: Literal["consensus", "labeler"]
     feedback: str | None  # ranked/pairwise/binary file; null = this pipeline's collect output, else `data`
+
+
+def pairs_dataset_rows(pairs: list[Pair]) -> list[dict]:
+    """Pairs as dataset rows (`data=hf` reads them back): a column holds one type, so when any prompt
+    is a conversation every prompt is written as messages (a string prompt as one user turn)."""
+    rows = [p.to_json() for p in pairs]
+    if not all(isinstance(p.prompt, str) for p in pairs):
+        for row, p in zip(rows, pairs):
+            row["prompt"] = messages(p.prompt)
+    return rows
 
 
 def labelers_report(p: Prepared, kinds: dict[str, str] | None, min_agreement: float) -> dict:
@@ -78,10 +90,15 @@ def run(ctx: StageContext) -> None:
     if not path and data.simulated:  # feedback made here by the world: keep it, to re-read as a file
         ctx.save("feedback", write_jsonl(out / "feedback.jsonl", map(ranked_to_json, loaded.feedback.records)))
     ctx.save("labelers", write_json(out / "labelers.json", report))
+    if prepared.kind == "ranked" and prepared.labelers:  # the labeler report, as pictures
+        aside = {lab for lab, st in prepared.labelers.items() if st.set_aside}
+        ctx.save("labelers_over_time", plot_over_time(loaded.feedback.records, out / "labelers_over_time.png", aside))
+        ctx.save("labelers_matrix", plot_matrix(loaded.feedback.records, out / "labelers_matrix.png"))
     summary = {"source": loaded.source, "kind": prepared.kind, "records": prepared.sets,
                "pairs": len(prepared.pairs), "dropped": prepared.dropped}
     ctx.save("prepare_summary", write_json(out / "prepare_summary.json", summary))
     ctx.save("pairs", write_jsonl(out / "pairs.jsonl", (p.to_json() for p in prepared.pairs)))
+    ctx.save("pairs_dataset", write_parquet(out / "pairs.parquet", pairs_dataset_rows(prepared.pairs)))
 
     print("\n".join(summary_lines(prepared, loaded.source)))
     aside = sum(st.set_aside for st in prepared.labelers.values())
