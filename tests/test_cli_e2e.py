@@ -41,7 +41,8 @@ def test_prepare_on_the_synthetic_world(cli, tmp_path):
     assert run.data.metrics["prepare/labelers/set_aside"] == 2
     assert run.data.metrics["prepare/labelers/kendall_w_kept"] > run.data.metrics["prepare/labelers/kendall_w_all"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert artifacts >= {"pairs.jsonl", "labelers.json", "feedback.jsonl", "prepare_summary.json", "config.yaml"}
+    assert artifacts >= {"pairs.jsonl", "pairs.parquet", "labelers.json", "feedback.jsonl", "prepare_summary.json",
+                         "config.yaml", "labelers_over_time.png", "labelers_matrix.png"}
 
     # the simulated feedback, read back as a file, gives the same pairs
     cli("stage=prepare", "data=files", "data.feedback=outputs/run/feedback.jsonl", "hydra.run.dir=outputs/again")

@@ -1,7 +1,8 @@
 """Labelers set aside, consensus, flags, ties, and every input kind turned into pairs."""
 import pytest
 
-from rlhf_exp.feedback.consensus import prepare_pairs
+from rlhf_exp.feedback.consensus import agreement_series, pairwise_agreement, prepare_pairs
+from rlhf_exp.feedback.report import plot_matrix, plot_over_time, rolling_mean
 from rlhf_exp.feedback.formats import Binary, Feedback, Pair, RankedSet
 
 
@@ -85,3 +86,28 @@ def test_sets_only_ranked_by_labelers_set_aside_are_dropped():
     assert {p.prompt for p in prepared.pairs} == {"p"}
     assert prepared.dropped["untrusted_sets"] == 1 and prepared.dropped["unlabeled_sets"] == 1
 
+
+
+SETS_FOR_REPORT = [RankedSet("p", ["x", "y", "z"], {"a": [1, 2, 3], "b": [1, 2, 3], "c": [3, 2, 1]}),
+                   RankedSet("q", ["x", "y", "z"], {"a": [1, 2, 3], "c": [1, 2, 3]})]
+
+
+def test_agreement_series_in_labeling_order_by_hand():
+    # set 0: a and b against the mean of the other two, [2, 2, 2], all ties: undefined; c against [1, 2, 3]: -1
+    assert agreement_series(SETS_FOR_REPORT) == {"a": [(0, None), (1, 1.0)], "b": [(0, None)],
+                                                 "c": [(0, -1.0), (1, 1.0)]}
+    assert rolling_mean([(0, -1.0), (1, None), (2, 1.0), (3, 0.5)], window=2) == ([1, 2, 3], [-1.0, 0.0, 0.75])
+
+
+def test_pairwise_agreement_matrix_by_hand():
+    labs, tau, count = pairwise_agreement(SETS_FOR_REPORT)
+    assert labs == ["a", "b", "c"]
+    assert tau == [[1.0, 1.0, 0.0], [1.0, 1.0, -1.0], [0.0, -1.0, 1.0]]   # a-c: -1 on p, +1 on q
+    assert count == [[2, 1, 2], [1, 1, 1], [2, 1, 2]]
+
+
+def test_the_labeler_report_pictures(tmp_path):
+    plot_over_time(SETS_FOR_REPORT, tmp_path / "t.png", {"c"})
+    plot_matrix(SETS_FOR_REPORT, tmp_path / "m.png")
+    for name in ("t.png", "m.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -212,6 +212,7 @@ def test_without_a_prompts_dataset_the_feedback_prompts_are_used(tmp_path):
         data.sft_rows("helpful", 1)
 
 
+@pytest.mark.e2e
 def test_prepare_writes_pairs_as_a_dataset_that_reads_back(cli, tmp_path):
     path = write(tmp_path, CONVERSATIONAL + [{**CONVERSATIONAL[0], "chosen": [{"role": "assistant", "content": "Hey."}]}],
                  "parquet")
