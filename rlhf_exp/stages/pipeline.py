@@ -14,15 +14,17 @@ from pydantic import Field
 
 from rlhf_exp.config import ConfigError, collect, schema
 from rlhf_exp.distributed import is_main, rank
-from rlhf_exp.stages import align, collect as collect_stage, eval as eval_stage, prepare, reward_model, sft
+from rlhf_exp.stages import align, collect as collect_stage, eval as eval_stage, label, prepare, reward_model, sft
 from rlhf_exp.errors import UserError
 from rlhf_exp.stages.context import StageContext
 from rlhf_exp.stages.record import RECORD, RunRecord, resume_checkpoints
 from rlhf_exp.stages.tracked import Tracking
-from rlhf_exp.tracking.tracker import NoTracker
+from rlhf_exp.tracking.tracker import NoTracker, NullRun
 
 STAGES = {"sft": sft.run, "collect": collect_stage.run, "prepare": prepare.run,
           "reward_model": reward_model.run, "align": align.run, "eval": eval_stage.run}  # in pipeline order
+# stages people run on their own, never part of stage=pipeline: no tracked run, no run record
+STANDALONE = {"label": label.run}
 
 # what an earlier pipeline run left that a later one can take as it is (`reuse=DIR`):
 # output name -> path in that run's directory, and the stage that writes it
@@ -36,7 +38,7 @@ PLAIN_NODES = ("paths",)  # nodes of plain values, interpolated elsewhere; they 
 @schema
 class RunSettings:
     """The top-level keys (conf/config.yaml)."""
-    stage: Literal["pipeline", "sft", "collect", "prepare", "reward_model", "align", "eval"]
+    stage: Literal["pipeline", "sft", "collect", "prepare", "reward_model", "align", "eval", "label"]
     seed: Annotated[int, Field(ge=0)]
     experiment_name: str
     reuse: str | None            # an earlier pipeline run dir whose stage outputs are taken as they are
@@ -97,6 +99,8 @@ def validate_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> d
     built["run"] = built.pop("")
     check_reward_wiring(built)
     check_strategy(cfg, built)
+    if built["run"].stage == "label":
+        label.check(built["label"])
     return built
 
 
@@ -150,6 +154,10 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
     built = validate_config(cfg, choices)
     stage = built["run"].stage
     run_dir = main_dir = Path(cfg.paths.output_dir)
+    if stage in STANDALONE:
+        if is_main():
+            STANDALONE[stage](StageContext(cfg, built, run_dir, NullRun()))
+        return None
     main = is_main()
     if not main:  # another rank of a DDP run: the same work, its files in a scratch dir, no tracking
         run_dir = run_dir / f".rank{rank()}"
