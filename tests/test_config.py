@@ -121,3 +121,12 @@ def test_a_pipeline_reads_its_own_reward_model_with_the_source_made_for_it():
         validate_config(compose("reward_model.objective=classifier"))
     validate_config(compose("reward=classifier", "reward_model.objective=classifier"))
     validate_config(compose("reward=classifier", "stage=align"))  # one stage: the classifier is given by path
+
+
+def test_a_list_of_stages_runs_those_stages_in_pipeline_order():
+    from rlhf_exp.stages.pipeline import planned
+    built = validate_config(compose("stage=[prepare,reward_model]"))
+    assert planned(built["run"].stage) == ["prepare", "reward_model"] and planned("pipeline")[0] == "sft"
+    for bad in ("stage=[reward_model,prepare]", "stage=[prepare,prepare]", "stage=[]", "stage=[prepare,label]"):
+        with pytest.raises(ConfigError, match="expected stages of the pipeline in its order, each once"):
+            validate_config(compose(bad))

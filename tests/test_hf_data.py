@@ -226,3 +226,58 @@ def test_prepare_writes_pairs_as_a_dataset_that_reads_back(cli, tmp_path):
     assert [(p.prompt, p.chosen, p.rejected, p.set_id) for p in again] == \
         [(p.prompt, p.chosen, p.rejected, p.set_id) for p in jsonl]
     assert all(isinstance(p, Pair) for p in again)
+
+
+def as_format(fmt: str, pairs: list[dict], sets: list[dict]) -> list[dict]:
+    """The smoke run's feedback in one of the dataset shapes: its pairs, or (ratings) its ranked sets
+    with each labeler's ranks turned into ratings (flags left unrated)."""
+    turn = lambda role, text: [{"role": role, "content": text}]  # noqa: E731
+    if fmt == "standard":
+        return [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
+    if fmt == "conversational":
+        return [{"prompt": turn("user", p["prompt"]), "chosen": turn("assistant", p["chosen"]),
+                 "rejected": turn("assistant", p["rejected"])} for p in pairs]
+    if fmt == "hh_rlhf":
+        return [{side: f"\n\nHuman: {p['prompt']}\n\nAssistant: {p[side]}" for side in ("chosen", "rejected")}
+                for p in pairs]
+    k = len(sets[0]["completions"])
+    return [{"instruction": s["prompt"], "completions": [
+        {"response": text, "annotations": {lab: {"Rating": "N/A" if r[i] == "F" else str(k + 1 - r[i])}
+                                           for lab, r in s["rankings"].items()}}
+        for i, text in enumerate(s["completions"])]} for s in sets]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("fmt", ["standard", "conversational", "hh_rlhf", "ratings"])
+def test_each_format_goes_through_prepare_and_trains_a_reward_model_in_one_command(cli, tmp_path, base, fmt):
+    from mlflow.tracking import MlflowClient
+    pairs = [json.loads(line) for line in (base / "pairs.jsonl").read_text().splitlines()]
+    sets = [json.loads(line) for line in (base / "feedback.jsonl").read_text().splitlines()]
+    path = write(tmp_path, as_format(fmt, pairs, sets), "parquet")
+    data = ["data=ultrafeedback"] if fmt == "ratings" else ["data=hf", f"data.format={'hh_rlhf' if fmt == 'hh_rlhf' else 'preference'}"]
+    tiny = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "reward_model.epochs=1", "prepare.min_agreement=-1",
+            "trainer.enable_progress_bar=false"]
+    cli("stage=[prepare,reward_model]", *data, f"data.feedback={path}", *tiny)
+    out = tmp_path / "outputs" / "run"
+    made = load_pairs(out / "pairs.jsonl")
+    assert (out / "reward_model" / "config.json").is_file()
+    assert datasets.load_dataset("parquet", data_files=str(out / "pairs.parquet"), split="train").num_rows == len(made)
+    if fmt == "ratings":  # each labeler of the smoke run became an aspect, ranking as before (less its flagged sets)
+        from rlhf_exp.feedback.consensus import labeler_agreement
+        report = json.loads((out / "labelers.json").read_text())["labelers"]
+        unflagged = [RankedSet(s["prompt"], s["completions"], {lab: competition_ranks([-x for x in r])
+                                                                for lab, r in s["rankings"].items() if "F" not in r})
+                     for s in sets]  # ratings give competition ranks: 1, 1, 2 is read back as 1, 1, 3
+        expected = labeler_agreement(unflagged)
+        assert {lab: r["agreement"] for lab, r in report.items()} == \
+            {lab: round(st.agreement, 4) for lab, st in expected.items() if st.sets_ranked}
+    else:
+        assert len(made) == len(pairs)
+        assert {(str(p.prompt), p.chosen, p.rejected) for p in made} == \
+            {(p["prompt"], p["chosen"], p["rejected"]) for p in pairs}
+    client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("rlhf").experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert {"prepare", "reward_model"} <= set(by_name) and all(r.info.status == "FINISHED" for r in runs)
+    assert by_name["prepare"].data.metrics["prepare/data/pairs"] == len(made)
+    assert "reward/norm/std" in by_name["reward_model"].data.metrics

@@ -38,13 +38,25 @@ PLAIN_NODES = ("paths",)  # nodes of plain values, interpolated elsewhere; they 
 @schema
 class RunSettings:
     """The top-level keys (conf/config.yaml)."""
-    stage: Literal["pipeline", "sft", "collect", "prepare", "reward_model", "align", "eval", "label"]
+    stage: str | list[str]       # pipeline, one stage, a list of stages (run in order), or a standalone one
     seed: Annotated[int, Field(ge=0)]
     experiment_name: str
     reuse: str | None            # an earlier pipeline run dir whose stage outputs are taken as they are
     resume: str | None           # an interrupted run's dir, continued in place (the CLI runs it there)
     metric: str                  # the metric a sweep optimises (returned to Hydra's sweeper)
     nonfinite: Literal["stop", "skip"]  # at a non-finite loss, reward or gradient: stop, or skip that update
+
+    @pydantic.model_validator(mode="after")
+    def _known_stages(self):
+        choices = ("pipeline", *STAGES, *STANDALONE)
+        if isinstance(self.stage, str) and self.stage not in choices:
+            raise ValueError(f"stage = {self.stage!r}: expected one of {', '.join(map(repr, choices))}, or a "
+                             "list of stages, e.g. stage=[prepare,reward_model]")
+        if isinstance(self.stage, list) and (not self.stage or not set(self.stage) <= set(STAGES) or
+                                             self.stage != sorted(set(self.stage), key=list(STAGES).index)):
+            raise ValueError(f"stage = {self.stage}: expected stages of the pipeline in its order, each once "
+                             f"({', '.join(STAGES)})")
+        return self
 
     @pydantic.model_validator(mode="after")
     def _resumable(self):
@@ -82,6 +94,11 @@ def reused_outputs(run_dir: str) -> dict[str, Path]:
     return {name: Path(run_dir) / path for name, (path, _) in REUSABLE.items() if (Path(run_dir) / path).exists()}
 
 
+def planned(stage: str | list[str]) -> list[str]:
+    """The stages a `stage` setting names: every one for `pipeline`, a list's, or the one."""
+    return list(STAGES) if stage == "pipeline" else stage if isinstance(stage, list) else [stage]
+
+
 def stages_to_run(reused: dict[str, Path]) -> list[str]:
     """The pipeline's stages, less those whose every output is reused."""
     writes = {stage: [n for n, (_, s) in REUSABLE.items() if s == stage] for stage in STAGES}
@@ -113,7 +130,7 @@ def check_strategy(cfg: DictConfig, built: dict) -> None:
     strategy = str(cfg.trainer.get("strategy", "auto"))
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if "fsdp" in strategy and isinstance(built["algorithm"], (PPOSettings, GRPOSettings, RLOOSettings)) \
-            and built["run"].stage in ("pipeline", "align"):
+            and "align" in planned(built["run"].stage):
         raise ConfigError(f"trainer.strategy = {strategy!r} with algorithm={type(built['algorithm']).__name__[:-8].lower()}: "
                           "Lightning's FSDP does not support manual optimisation (Lightning issues #19685, #19626), "
                           "which PPO, GRPO and RLOO use; expected trainer=ddp (FSDP serves SFT, the reward model and DPO)")
@@ -137,7 +154,7 @@ def check_reward_wiring(built: dict) -> None:
     model by reward=learned, a classifier (reward_model.objective=classifier) by reward=classifier."""
     from rlhf_exp.models.reward import ClassifierReward, LearnedReward
     reward, objective = built["reward"], built["reward_model"].objective
-    if built["run"].stage != "pipeline" or built["run"].reuse:
+    if not {"reward_model", "align"} <= set(planned(built["run"].stage)) or built["run"].reuse:
         return
     if isinstance(reward, ClassifierReward) and not reward.name_or_path and objective != "classifier":
         raise ConfigError(f"reward=classifier reads this pipeline's reward model, which reward_model.objective = "
@@ -154,7 +171,7 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
     built = validate_config(cfg, choices)
     stage = built["run"].stage
     run_dir = main_dir = Path(cfg.paths.output_dir)
-    if stage in STANDALONE:
+    if isinstance(stage, str) and stage in STANDALONE:
         if is_main():
             STANDALONE[stage](StageContext(cfg, built, run_dir, NullRun()))
         return None
@@ -196,12 +213,12 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
         return run
 
     with built["logger"].keeping_writes(main_dir):  # what a failing tracking store could not take, kept
-        if stage != "pipeline":
+        if isinstance(stage, str) and stage != "pipeline":
             print_ui_links(run_stage(stage))
             return None
         with tracking.run("pipeline", continue_id=record.runs.get("pipeline") if cfg.resume else None) as parent:
             record.began("pipeline", parent.id)
-            for name in stages_to_run(outputs):
+            for name in stages_to_run(outputs) if stage == "pipeline" else stage:
                 if name not in record.done:
                     run_stage(name, parent)
             summary = json.loads(outputs["eval_summary"].read_text(encoding="utf-8")) \
