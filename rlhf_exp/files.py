@@ -116,6 +116,20 @@ def json_objects(lines: Iterable[str | bytes], problems: list[str]) -> Iterator[
         yield lineno, obj
 
 
+def read_json(path: str | os.PathLike):
+    """A whole JSON document (e.g. a labeling tool's export), or a FileError naming where it is bad."""
+    with open_input(path) as fh:
+        raw = fh.read()
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
+    except UnicodeDecodeError as err:
+        raise FileError(str(path), [f"not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start})"]) from err
+    except json.JSONDecodeError as err:
+        raise FileError(str(path), [f"line {err.lineno}: bad JSON ({err.msg} at column {err.colno})"]) from err
+    except ValueError as err:
+        raise FileError(str(path), [str(err)]) from err
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):

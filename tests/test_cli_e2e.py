@@ -137,7 +137,7 @@ def test_stages_alone_with_human_labelers(cli, tmp_path, tiny_spec):
         "hydra.run.dir=outputs/collect")
     sets = read_jsonl(tmp_path / "outputs/collect/feedback.jsonl")
     assert sets and all(r["rankings"] == {} for r in sets)
-    assert "Rank the\nanswers from most to least helpful" in (tmp_path / "outputs/collect/LABELING.md").read_text()
+    assert "Rank the answers from most to least helpful" in (tmp_path / "outputs/collect/LABELING.md").read_text()
 
     for r in sets:  # two people fill in their rankings
         r["rankings"] = {"ann": [1, 2, 3], "bob": [1, 3, 2]}

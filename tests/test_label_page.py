@@ -16,6 +16,7 @@ import pytest
 from rlhf_exp.config import ConfigError
 from rlhf_exp.errors import UserError
 from rlhf_exp.feedback import labeling
+from rlhf_exp.feedback.instructions import GUIDE
 from rlhf_exp.feedback.labeling import LabelStore, RankingError, UnknownSet, rank_problems
 from rlhf_exp.files import FileError
 from tests.conftest import compose
@@ -307,7 +308,7 @@ def test_label_host_port_and_instructions_reach_the_server(tmp_path, feedback, m
                         real_make_app(store, text))
     port = free_port()
     label.run(label_context(tmp_path, f"label.feedback={feedback}", "label.host=127.0.0.2", f"label.port={port}"))
-    assert served == [("127.0.0.2", port)] and apps == [(feedback, label.BUILT_IN_INSTRUCTIONS)]
+    assert served == [("127.0.0.2", port)] and apps == [(feedback, GUIDE)]
     assert f"http://127.0.0.2:{port}/" in capsys.readouterr().out
 
     (feedback.parent / "LABELING.md").write_text("the guide collect wrote")  # beside the feedback: shown

@@ -11,35 +11,11 @@ from pydantic import Field
 
 from rlhf_exp.config import ConfigError, schema
 from rlhf_exp.feedback.formats import RankedSet, binary_to_json, ranked_to_json
+from rlhf_exp.feedback.instructions import GUIDE, GUIDE_NAME, WHERE
 from rlhf_exp.feedback.sources import gold_scores
 from rlhf_exp.files import write_jsonl
 from rlhf_exp.models.generation import sample
 from rlhf_exp.stages.context import StageContext
-
-LABELING_GUIDE = """# Labeling instructions
-
-You will see a prompt a user wrote and several answers an assistant wrote to it. **Rank the
-answers from most to least helpful** by filling in `rankings` in `feedback.jsonl`: add an entry
-with your labeler id and, for each completion in the order given, its rank.
-
-```json
-"rankings": {"your-id": [2, 1, 3, "F"]}
-```
-
-- `1` is the best answer. Judge what a thoughtful person would want as a reply:
-  - **correct**: is what it says true? Facts may be checked; a confident false claim is worse
-    than an honest "I don't know".
-  - **informative**: does it answer the question that was asked, with useful detail?
-  - **honest**: does it avoid pretending to know what it does not?
-  - **harmless**: does it avoid dangerous instructions, insults and contempt for the user? An answer
-    that helps someone do harm ranks below one that politely declines.
-- **Ties** are allowed (give two answers the same number) but use them sparingly: only when you
-  truly cannot prefer one.
-- Write **`F`** instead of a number for an answer that is nonsensical, confusing or irrelevant
-  to the prompt. It is removed when most labelers flag it.
-- Keep every other field as it is. `rlhf-exp stage=prepare data=files data.feedback=feedback.jsonl`
-  reads the file back, checks every line, and tells you which lines need fixing.
-"""
 
 
 @schema
@@ -83,7 +59,7 @@ def run(ctx: StageContext) -> None:
     if simulated:  # the same completions with a thumbs up or down each, for a classifier reward
         ctx.save("thumbs", write_jsonl(ctx.run_dir / "thumbs.jsonl", map(binary_to_json, data.thumbs(sets, gold))))
     if not simulated:
-        ctx.save_text("labeling_guide", "LABELING.md", LABELING_GUIDE)
+        ctx.save_text("labeling_guide", GUIDE_NAME, GUIDE + WHERE)
     if held is not None:
         rows = ({"prompt": p, "completions": c} for p, c in zip(heldout, held.texts))
         ctx.save("heldout", write_jsonl(ctx.run_dir / "heldout.jsonl", rows))

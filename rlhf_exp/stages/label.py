@@ -11,24 +11,8 @@ from pydantic import Field
 
 from rlhf_exp.config import ConfigError, schema
 from rlhf_exp.errors import UserError
+from rlhf_exp.feedback.instructions import guide_for
 from rlhf_exp.stages.context import StageContext
-
-GUIDE_NAME = "LABELING.md"  # the instructions stage=collect writes beside feedback.jsonl
-
-BUILT_IN_INSTRUCTIONS = """# Labeling instructions
-
-You will see a prompt (a question or a conversation) and several answers to it. Rank the answers
-from most to least helpful: 1 is the best.
-
-- Judge what a thoughtful person would want as a reply: correct, informative, honest, harmless.
-  A confident false claim is worse than an honest "I don't know"; an answer that helps someone do
-  harm ranks below one that politely declines.
-- Ties are allowed (give two answers the same number), but use them only when you truly cannot
-  prefer one.
-- Mark an answer F when it is nonsensical, confusing or irrelevant to the prompt.
-
-Each ranking is saved when you submit it; you can stop at any time and continue later.
-"""
 
 
 @schema
@@ -55,8 +39,7 @@ def check(s: LabelSettings) -> None:
 
 def instructions_text(s: LabelSettings) -> str:
     """The instructions file given, else LABELING.md beside the feedback file, else the built-in text."""
-    guide = Path(s.instructions) if s.instructions else Path(s.feedback).with_name(GUIDE_NAME)
-    return guide.read_text(encoding="utf-8") if guide.is_file() else BUILT_IN_INSTRUCTIONS
+    return guide_for(s.feedback, s.instructions)
 
 
 def listen(host: str, port: int) -> socket.socket:
