@@ -137,7 +137,7 @@ def test_next_set_and_progress_follow_each_labeler(feedback):
 def test_a_file_that_is_not_ranked_feedback_is_refused_with_its_name_and_line(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
-    with pytest.raises(FileError, match="a pairwise feedback file; expected ranked sets"):
+    with pytest.raises(FileError, match="a pairwise feedback file: expected ranked sets"):
         LabelStore(pairs)
     broken = write_sets(tmp_path / "broken.jsonl", [SETS[0], {**SETS[2], "rankings": {"x": [1]}}])
     with pytest.raises(FileError, match=r"(?s)broken.jsonl: .*line 2: field 'rankings.x': expected 2 ranks"):

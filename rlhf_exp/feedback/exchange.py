@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rlhf_exp.errors import UserError
 from rlhf_exp.feedback import argilla, labelstudio
-from rlhf_exp.feedback.formats import RankedSet, load_feedback, ranked_to_json
+from rlhf_exp.feedback.formats import RankedSet, load_ranked, ranked_to_json
 from rlhf_exp.feedback.instructions import guide_for
 from rlhf_exp.feedback.prompts import sort_key
 from rlhf_exp.files import FileError, read_json, write_json, write_jsonl, write_text
@@ -25,17 +25,9 @@ from rlhf_exp.files import FileError, read_json, write_json, write_jsonl, write_
 TOOLS = ("labelstudio", "argilla")
 
 
-def ranked_sets(path: str) -> list[RankedSet]:
-    feedback = load_feedback(path)
-    if feedback.kind != "ranked":
-        raise FileError(path, [f"a {feedback.kind} feedback file: expected ranked sets {{prompt, completions, "
-                               "rankings}} (what stage=collect collect=human writes)"])
-    return feedback.records
-
-
 def export(tool: str, feedback: str, out_dir: str, instructions: str | None, labelers_per_set: int) -> list[Path]:
     """The sets of a feedback file as the tool's import files in out_dir; returns the files written."""
-    sets, guide = ranked_sets(feedback), guide_for(feedback, instructions)
+    sets, guide = load_ranked(feedback), guide_for(feedback, instructions)
     out = Path(out_dir)
     k = max(len(s.completions) for s in sets)
     if tool == "labelstudio":
@@ -73,7 +65,7 @@ def import_(tool: str, export_file: str, feedback: str) -> tuple[Path, int]:
         rows, export_file)
     imported = sum(len(s.rankings) for s in sets)
     if Path(feedback).exists():
-        sets = merge(ranked_sets(feedback), sets, export_file)
+        sets = merge(load_ranked(feedback), sets, export_file)
     return write_jsonl(feedback, map(ranked_to_json, sets)), imported
 
 

@@ -187,6 +187,16 @@ def load_feedback(path: str | os.PathLike) -> Feedback:
         return parse_lines(fh, source=str(path))
 
 
+def load_ranked(path: str | os.PathLike) -> list[RankedSet]:
+    """A ranked feedback file's sets (what `stage=collect` writes, rankings empty or filled), every line
+    checked; another kind of feedback is refused."""
+    feedback = load_feedback(path)
+    if feedback.kind != "ranked":
+        raise FileError(str(path), [f"a {feedback.kind} feedback file: expected ranked sets {{prompt, completions, "
+                                    "rankings}} (what stage=collect collect=human writes)"])
+    return feedback.records
+
+
 def load_pairs(path: str | os.PathLike) -> list[Pair]:
     """A pairs file ({"prompt", "chosen", "rejected"} per line, optional margin, agreement, set_id),
     every line checked."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rlhf_exp.errors import UserError
-from rlhf_exp.feedback.formats import FLAG, RankedSet, load_feedback, ranked_to_json
+from rlhf_exp.feedback.formats import FLAG, RankedSet, load_ranked, ranked_to_json
 from rlhf_exp.feedback.prompts import messages
 from rlhf_exp.files import FileError, write_jsonl
 
@@ -88,11 +88,7 @@ class LabelStore:
 
     def sets(self) -> list[RankedSet]:
         """Every set of the file, every line checked (a FileError names the bad ones)."""
-        feedback = load_feedback(self.path)
-        if feedback.kind != "ranked":
-            raise FileError(str(self.path), [f"a {feedback.kind} feedback file; expected ranked sets "
-                                             "{prompt, completions, rankings} (what stage=collect writes)"])
-        return feedback.records
+        return load_ranked(self.path)
 
     def progress(self, labeler: str, sets: list[RankedSet] | None = None) -> Progress:
         sets = self.sets() if sets is None else sets
