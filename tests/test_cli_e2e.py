@@ -123,20 +123,27 @@ def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path):
     assert "aligned" in proc.stdout and (tmp_path / "outputs/more/eval_summary.json").is_file()
 
 
-def test_stages_alone_with_human_labelers(cli, tmp_path, tiny_spec):
-    """collect for people (LABELING.md, empty rankings) -> filled by hand -> prepare -> reward_model."""
-    spec = tiny_spec(vocab_size=2048, dropout=0.0, tokenizer_dir=str(tmp_path / "tok"))
-    tok = spec.tokenizer()
-    spec.causal_lm(tok).save_pretrained(tmp_path / "policy")
-    tok.save_pretrained(tmp_path / "policy")
-
+def test_stages_alone_with_human_labelers(cli, tmp_path):
+    """Hugging Face datasets -> sft and collect for people (LABELING.md, empty rankings) in one command ->
+    filled by hand -> prepare -> reward_model: a conversational demonstrations dataset trains the SFT
+    policy; a prompt-only CSV gives the prompts that collect answers."""
+    import datasets
     missing = cli("stage=eval", check=False)
     assert missing.returncode == 2 and "eval.policy: no input given" in missing.stderr
 
-    cli("stage=collect", "experiment=smoke", "collect.policy=policy", "collect=human",
-        "hydra.run.dir=outputs/collect")
+    demos = [{"messages": [{"role": "user", "content": f"Name a number above {i}."},
+                           {"role": "assistant", "content": f"{i + 1}."}]} for i in range(12)]
+    datasets.Dataset.from_list(demos).to_parquet(str(tmp_path / "demos.parquet"))
+    prompts = [f"Name a colour, please ({i})." for i in range(3)]
+    datasets.Dataset.from_dict({"prompt": prompts}).to_csv(str(tmp_path / "prompts.csv"), index=False)
+    tiny = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "trainer.enable_progress_bar=false"]
+    cli("stage=[sft,collect]", "data=hf", "data.demonstrations=demos.parquet", "data.prompts=prompts.csv",
+        "collect=human", "sft.epochs=1", "collect.sets_per_prompt=2", "collect.max_new_tokens=6",
+        "data.n_completions=3", *tiny, "hydra.run.dir=outputs/collect")
+    assert (tmp_path / "outputs/collect/sft/config.json").is_file()
     sets = read_jsonl(tmp_path / "outputs/collect/feedback.jsonl")
-    assert sets and all(r["rankings"] == {} for r in sets)
+    assert [r["prompt"] for r in sets] == [p for p in prompts for _ in range(2)]
+    assert all(len(r["completions"]) == 3 and r["rankings"] == {} for r in sets)
     assert "Rank the answers from most to least helpful" in (tmp_path / "outputs/collect/LABELING.md").read_text()
 
     for r in sets:  # two people fill in their rankings
@@ -151,8 +158,8 @@ def test_stages_alone_with_human_labelers(cli, tmp_path, tiny_spec):
         expected += [(r["prompt"], a, x) for x in (b, c) if x != a and (r["prompt"], a, x) not in expected]
     assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == expected
 
-    cli("stage=reward_model", "experiment=smoke", "reward_model.pairs=outputs/prepare/pairs.jsonl",
-        "reward_model.backbone=policy", "hydra.run.dir=outputs/reward")
+    cli("stage=reward_model", "reward_model.epochs=1", *tiny, "reward_model.pairs=outputs/prepare/pairs.jsonl",
+        "reward_model.backbone=outputs/collect/sft", "hydra.run.dir=outputs/reward")
     assert (tmp_path / "outputs/reward/reward_model/config.json").is_file()
 
 

@@ -130,3 +130,13 @@ def test_a_list_of_stages_runs_those_stages_in_pipeline_order():
     for bad in ("stage=[reward_model,prepare]", "stage=[prepare,prepare]", "stage=[]", "stage=[prepare,label]"):
         with pytest.raises(ConfigError, match="expected stages of the pipeline in its order, each once"):
             validate_config(compose(bad))
+
+
+def test_fsdp_is_refused_for_the_on_policy_algorithms_and_on_cpu():
+    """Refused when the config is composed (before any work; exit 2 from the CLI like every ConfigError)."""
+    with pytest.raises(ConfigError, match="does not support manual optimisation"):
+        validate_config(compose("trainer=fsdp", "algorithm=grpo"))
+    with pytest.raises(ConfigError, match="Lightning's FSDP runs on GPUs only"):  # this machine has no GPU
+        validate_config(compose("trainer=fsdp", "trainer.accelerator=cpu", "stage=sft"))
+    with pytest.raises(ConfigError, match="algorithm.batch_size = 8 over 3 processes"):
+        validate_config(compose("trainer=ddp", "trainer.devices=3", "experiment=smoke"))

@@ -74,15 +74,6 @@ def test_the_pipeline_runs_with_ddp_on_two_processes(cli, tmp_path):
     assert proc.stdout.count("== before (reference) and after (aligned)") == 1
 
 
-def test_fsdp_is_refused_for_the_on_policy_algorithms_and_on_cpu(cli):
-    proc = cli("trainer=fsdp", "algorithm=grpo", check=False)
-    assert proc.returncode == 2 and "does not support manual optimisation" in proc.stderr
-    proc = cli("trainer=fsdp", "trainer.accelerator=cpu", "stage=sft", check=False)  # FSDP needs GPUs
-    assert proc.returncode == 2 and "Lightning's FSDP runs on GPUs only" in proc.stderr and "Traceback" not in proc.stderr
-    proc = cli("trainer=ddp", "trainer.devices=3", "experiment=smoke", check=False)
-    assert proc.returncode == 2 and "algorithm.batch_size = 8 over 3 processes" in proc.stderr
-
-
 @pytest.mark.parametrize("stage", ["sft", "reward_model", "dpo"])
 def test_two_ranks_with_half_batches_train_as_one_process_with_the_whole_batch(stage, tiny_spec, tmp_path):
     spec = tiny_spec(dropout=0.0)

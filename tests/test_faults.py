@@ -198,10 +198,11 @@ def test_a_tracking_server_that_dies_mid_run_loses_nothing(cli, tmp_path, cache_
     store.mkdir()
     server, url = serve(store, port)
     align = ["experiment=smoke", "stage=align", "algorithm.policy=outputs/base/sft",
-             "reward.path=outputs/base/reward_model", "algorithm.max_steps=80", f"logger.tracking_uri={url}"]
-    try:
-        for name, back in (("back", True), ("gone", False)):
-            proc = subprocess.Popen([sys.executable, "-m", "rlhf_exp", *align, f"hydra.run.dir=outputs/{name}"],
+             "reward.path=outputs/base/reward_model", f"logger.tracking_uri={url}", "logger.retry_s=2"]
+    try:  # back: long enough to outlast the outage and the next try (about 15 s of steps); gone: any length
+        for name, back, steps in (("back", True, 60), ("gone", False, 20)):
+            proc = subprocess.Popen([sys.executable, "-m", "rlhf_exp", *align, f"algorithm.max_steps={steps}",
+                                     f"hydra.run.dir=outputs/{name}"],
                                     cwd=tmp_path, env={**os.environ, "RLHF_EXP_CACHE": str(cache_dir)},
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             client = MlflowClient(url)
@@ -228,8 +229,8 @@ def test_a_tracking_server_that_dies_mid_run_loses_nothing(cli, tmp_path, cache_
             else:
                 assert not pending.exists()
             client = MlflowClient(url)
-            steps = sorted(m.step for m in client.get_metric_history(run_id, "ppo/reward/score_mean"))
-            assert steps == list(range(80)), name  # every iteration's metrics, once
+            logged = sorted(m.step for m in client.get_metric_history(run_id, "ppo/reward/score_mean"))
+            assert logged == list(range(steps)), name  # every iteration's metrics, once
             assert client.get_run(run_id).info.status == "FINISHED"
     finally:
         kill_server(server)

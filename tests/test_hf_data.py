@@ -5,7 +5,7 @@ import json
 import datasets
 import pytest
 
-from rlhf_exp.feedback.formats import Pair, RankedSet, load_pairs
+from rlhf_exp.feedback.formats import RankedSet, load_pairs
 from rlhf_exp.feedback.hf import competition_ranks
 from rlhf_exp.feedback.prompts import Conversation
 from rlhf_exp.files import FileError
@@ -212,22 +212,6 @@ def test_without_a_prompts_dataset_the_feedback_prompts_are_used(tmp_path):
         data.sft_rows("helpful", 1)
 
 
-@pytest.mark.e2e
-def test_prepare_writes_pairs_as_a_dataset_that_reads_back(cli, tmp_path):
-    path = write(tmp_path, CONVERSATIONAL + [{**CONVERSATIONAL[0], "chosen": [{"role": "assistant", "content": "Hey."}]}],
-                 "parquet")
-    cli("stage=prepare", "data=hf", f"data.feedback={path}", "logger=none")
-    out = tmp_path / "outputs" / "run"
-    jsonl = load_pairs(out / "pairs.jsonl")
-    table = datasets.load_dataset("parquet", data_files=str(out / "pairs.parquet"), split="train")
-    assert table.num_rows == len(jsonl) == 2
-    assert table[0]["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    again = feedback(tmp_path, feedback=str(out / "pairs.parquet")).records
-    assert [(p.prompt, p.chosen, p.rejected, p.set_id) for p in again] == \
-        [(p.prompt, p.chosen, p.rejected, p.set_id) for p in jsonl]
-    assert all(isinstance(p, Pair) for p in again)
-
-
 def as_format(fmt: str, pairs: list[dict], sets: list[dict]) -> list[dict]:
     """The smoke run's feedback in one of the dataset shapes: its pairs, or (ratings) its ranked sets
     with each labeler's ranks turned into ratings (flags left unrated)."""
@@ -261,7 +245,13 @@ def test_each_format_goes_through_prepare_and_trains_a_reward_model_in_one_comma
     out = tmp_path / "outputs" / "run"
     made = load_pairs(out / "pairs.jsonl")
     assert (out / "reward_model" / "config.json").is_file()
-    assert datasets.load_dataset("parquet", data_files=str(out / "pairs.parquet"), split="train").num_rows == len(made)
+    table = datasets.load_dataset("parquet", data_files=str(out / "pairs.parquet"), split="train")
+    assert table.num_rows == len(made)
+    if fmt == "conversational":  # the pairs as a dataset: prompts as messages, read back by data=hf as the same pairs
+        assert table[0]["prompt"] == [{"role": "user", "content": pairs[0]["prompt"]}]
+        again = feedback(tmp_path, feedback=str(out / "pairs.parquet")).records
+        assert [(p.prompt, p.chosen, p.rejected, p.set_id) for p in again] == \
+            [(p.prompt, p.chosen, p.rejected, p.set_id) for p in made]
     if fmt == "ratings":  # each labeler of the smoke run became an aspect, ranking as before (less its flagged sets)
         from rlhf_exp.feedback.consensus import labeler_agreement
         report = json.loads((out / "labelers.json").read_text())["labelers"]
@@ -281,3 +271,4 @@ def test_each_format_goes_through_prepare_and_trains_a_reward_model_in_one_comma
     assert {"prepare", "reward_model"} <= set(by_name) and all(r.info.status == "FINISHED" for r in runs)
     assert by_name["prepare"].data.metrics["prepare/data/pairs"] == len(made)
     assert "reward/norm/std" in by_name["reward_model"].data.metrics
+

@@ -454,9 +454,3 @@ def test_people_rank_sets_on_the_page_with_keys_and_drag(tmp_path, browser):
         {"carol": [1, 2]}]  # dicts compare without order: who wrote first does not matter
     assert [{k: v for k, v in r.items() if k != "rankings"} for r in after] == \
         [{k: v for k, v in r.items() if k != "rankings"} for r in SETS]
-
-
-def test_rlhf_exp_stage_label_without_a_feedback_file_exits_with_the_setting_named(cli):
-    proc = cli("stage=label", "logger=none", check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "label.feedback: no feedback file given; expected label.feedback=PATH" in proc.stderr

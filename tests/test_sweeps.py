@@ -17,8 +17,7 @@ def pipeline_runs(client, **tags):
     return client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"])
 
 
-def test_clip_sweep_reuses_earlier_stages_records_each_job_and_compares(cli, tmp_path):
-    cli("experiment=smoke", "hydra.run.dir=outputs/base")
+def test_clip_sweep_reuses_earlier_stages_records_each_job_and_compares(cli, tmp_path, base):
     # two clip_eps × two policies, one of which is a file that is not a model: jobs 1 and 3 fail at run time,
     # each with the setting named (no traceback)
     proc = cli("-m", f"--config-dir={ROOT / 'sweeps'}", "--config-name=ppo_clip", "experiment=smoke",
@@ -42,7 +41,7 @@ def test_clip_sweep_reuses_earlier_stages_records_each_job_and_compares(cli, tmp
     for run in finished:  # only the stages after the reused ones ran, nested under the job's run
         kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
         assert sorted(k.data.tags["stage"] for k in kids) == ["align", "eval"]
-        assert run.data.tags["reused_from"].endswith("outputs/base") and "eval/gold/policy" in run.data.metrics
+        assert run.data.tags["reused_from"] == str(base.resolve()) and "eval/gold/policy" in run.data.metrics
     for run in failed:
         kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
         assert [k.info.status for k in kids] == ["FAILED"] and kids[0].data.tags["error"]

@@ -7,7 +7,7 @@ from rlhf_exp.tracking.tracker import MLflowTracker, NoTracker
 
 def test_parent_and_nested_runs(tmp_path):
     uri = f"sqlite:///{tmp_path}/db/mlflow.db"
-    tracker = MLflowTracker(tracking_uri=uri, experiment_name="t", artifact_location=str(tmp_path / "art"))
+    tracker = MLflowTracker(tracking_uri=uri, experiment_name="t", artifact_location=str(tmp_path / "art"), retry_s=15.0)
     (tmp_path / "out.txt").write_text("hello")
     with tracker.run("pipeline", tags={"stage": "pipeline"}) as parent:
         with tracker.run("prepare", tags={"stage": "prepare"}, parent=parent) as child:
@@ -26,7 +26,7 @@ def test_parent_and_nested_runs(tmp_path):
 
 def test_a_failing_run_is_marked_failed(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracker = MLflowTracker(tracking_uri=uri, experiment_name="t", artifact_location=str(tmp_path / "art"))
+    tracker = MLflowTracker(tracking_uri=uri, experiment_name="t", artifact_location=str(tmp_path / "art"), retry_s=15.0)
     with pytest.raises(RuntimeError):
         with tracker.run("prepare") as run:
             raise RuntimeError("boom")
@@ -44,7 +44,7 @@ def test_no_tracker_accepts_the_same_calls():
 def test_an_experiment_made_by_an_earlier_version_gets_its_kind(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     MlflowClient(uri).create_experiment("old", artifact_location=(tmp_path / "art").as_uri())
-    MLflowTracker(tracking_uri=uri, experiment_name="old", artifact_location=str(tmp_path / "art")).experiment_id()
+    MLflowTracker(tracking_uri=uri, experiment_name="old", artifact_location=str(tmp_path / "art"), retry_s=15.0).experiment_id()
     assert MlflowClient(uri).get_experiment_by_name("old").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
@@ -52,7 +52,7 @@ def test_an_experiment_made_by_a_parallel_job_between_lookup_and_creation_is_tak
     """On a tracking server no file lock reaches, two sweep jobs may both find no experiment and
     both create it: the loser's create fails with RESOURCE_ALREADY_EXISTS and it takes the winner's."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracker = MLflowTracker(tracking_uri=uri, experiment_name="race", artifact_location=str(tmp_path / "art"))
+    tracker = MLflowTracker(tracking_uri=uri, experiment_name="race", artifact_location=str(tmp_path / "art"), retry_s=15.0)
     client = tracker.client
     winner = MlflowClient(uri).create_experiment("race", tags={"mlflow.experimentKind": "custom_model_development"})
     looked = client.get_experiment_by_name
@@ -125,7 +125,7 @@ def test_a_locked_sqlite_store_makes_writes_wait_not_fail(tmp_path):
     import time
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracker = MLflowTracker(tracking_uri=uri, experiment_name="t", artifact_location=str(tmp_path / "art"))
+    tracker = MLflowTracker(tracking_uri=uri, experiment_name="t", artifact_location=str(tmp_path / "art"), retry_s=15.0)
     with tracker.run("align") as run:
         run.client.retry_s = 0.0
         holder = sqlite3.connect(tmp_path / "mlflow.db", timeout=0)
@@ -140,3 +140,10 @@ def test_a_locked_sqlite_store_makes_writes_wait_not_fail(tmp_path):
     client = MlflowClient(uri)
     assert sorted((m.step, m.value) for m in client.get_metric_history(run.id, "m")) == [(0, 1.0), (1, 2.0)]
     assert client.get_run(run.id).info.status == "FINISHED"
+
+
+def test_the_retry_interval_reaches_the_resilient_client(tmp_path):
+    from rlhf_exp.tracking.resilient import ResilientClient
+    tracker = MLflowTracker(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment_name="t",
+                            artifact_location=str(tmp_path / "art"), retry_s=3.5)
+    assert isinstance(tracker.client, ResilientClient) and tracker.client.retry_s == 3.5

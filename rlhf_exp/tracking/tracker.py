@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Annotated, Iterator, Mapping
 
 import pydantic
+from pydantic import Field
 
 from rlhf_exp.config import schema
 
@@ -113,6 +114,7 @@ class MLflowTracker:
     tracking_uri: str
     experiment_name: str
     artifact_location: str
+    retry_s: Annotated[float, Field(gt=0)]  # while the store fails, writes wait and it is tried again this often
 
     _client = None  # made on first use
     _reaped = False  # dead runs of this machine marked KILLED (once per process)
@@ -136,7 +138,7 @@ class MLflowTracker:
                                    ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
                     os.environ.setdefault(key, value)
             with self._store_lock():  # the client creates (or migrates) the store when it is made
-                self._client = ResilientClient(MlflowClient(self.tracking_uri))
+                self._client = ResilientClient(MlflowClient(self.tracking_uri), self.retry_s)
         return self._client
 
     @contextlib.contextmanager
