@@ -147,3 +147,42 @@ def test_the_retry_interval_reaches_the_resilient_client(tmp_path):
     tracker = MLflowTracker(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment_name="t",
                             artifact_location=str(tmp_path / "art"), retry_s=3.5)
     assert isinstance(tracker.client, ResilientClient) and tracker.client.retry_s == 3.5
+
+
+def test_a_checkpoint_holds_no_step_whose_metrics_are_not_yet_tracked(tmp_path):
+    """Lightning writes a step's metrics after the batch-end hooks, where the periodic checkpoint is
+    saved: a crash between the two lost that step (a resumed run starts after it). The checkpoint now
+    sends them first, and each step is still logged once."""
+    import pytorch_lightning as pl
+    import torch
+
+    from rlhf_exp.modules.checkpoints import PeriodicCheckpoint
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            self.log("m", float(batch_idx), on_step=True, on_epoch=False)
+            return (self.w - batch).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    tracker = MLflowTracker(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment_name="t",
+                            artifact_location=str(tmp_path / "art"), retry_s=15.0)
+    seen = []
+
+    class AtEachCheckpoint(pl.Callback):  # runs right after PeriodicCheckpoint: where a kill would hit
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if (trainer.fit_loop.total_batch_idx + 1) % 2 == 0:
+                seen.append((batch_idx, sorted(m.step for m in run.client.get_metric_history(run.id, "m"))))
+
+    with tracker.run("sft") as run:
+        trainer = pl.Trainer(max_epochs=1, logger=run.lightning_logger(), log_every_n_steps=1, enable_progress_bar=False,
+                             enable_checkpointing=False, default_root_dir=tmp_path,
+                             enable_model_summary=False, callbacks=[PeriodicCheckpoint(tmp_path, 2), AtEachCheckpoint()])
+        trainer.fit(Module(), torch.utils.data.DataLoader(torch.arange(6.0), batch_size=1))
+    assert seen == [(1, [0, 1]), (3, [0, 1, 2, 3]), (5, [0, 1, 2, 3, 4, 5])]  # the checkpoint's step is tracked
+    assert sorted(m.step for m in MlflowClient(tracker.tracking_uri).get_metric_history(run.id, "m")) == list(range(6))

@@ -23,6 +23,11 @@ class PeriodicCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if (trainer.fit_loop.total_batch_idx + 1) % self.every == 0:
+            # Lightning sends a step's metrics to the logger only after this hook; a crash between the
+            # checkpoint and that write would lose the step for good (a resumed run starts after it).
+            # So they are sent first; the tracker's logger takes each step once, so Lightning's own
+            # write of the same step adds nothing.
+            trainer._logger_connector.update_train_step_metrics()
             trainer.save_checkpoint(self.path)
 
     def on_train_end(self, trainer, pl_module):

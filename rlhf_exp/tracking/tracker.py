@@ -26,16 +26,18 @@ class TrackedRun:
         """Lightning's MLFlowLogger writing into this run (metrics logged with `self.log`). In a run
         continued after a crash (`resume=`), a metric's steps that the dead process logged already
         are not logged again: resumed from its last checkpoint, the stage computes them anew, to the
-        same values, and each step is in the history once."""
+        same values, and each step is in the history once. Within a process too, a metric's step is
+        logged once (a checkpoint sends its step's metrics before Lightning does)."""
         from pytorch_lightning.loggers import MLFlowLogger
         done = {key: max(m.step for m in self.client.get_metric_history(self.id, key))
                 for key in self.client.get_run(self.id).data.metrics} if self.continued else {}
 
         class Logger(MLFlowLogger):
-            def log_metrics(self, metrics, step=None):
+            def log_metrics(self, metrics, step=None):  # each metric's step once (see PeriodicCheckpoint)
                 fresh = {k: v for k, v in metrics.items() if step is None or step > done.get(k, -1)}
                 if fresh:
                     super().log_metrics(fresh, step)
+                    done.update({k: step for k in fresh if step is not None})
 
             def finalize(self, status="success"):  # the tracker ends the run (and keeps writes a dead store missed)
                 pass
