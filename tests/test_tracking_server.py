@@ -17,13 +17,13 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """One server for this module's tests (each files its runs under an experiment of its own)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    store = tmp_path / "server"
-    store.mkdir()
+    store = tmp_path_factory.mktemp("server")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                              f"sqlite:///{store}/mlflow.db", "--artifacts-destination", str(store / "artifacts"),
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
@@ -77,7 +77,7 @@ def test_the_printed_link_opens_the_runs_table_with_the_stages_under_the_pipelin
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     url, _ = mlflow_server
-    out = cli("experiment=smoke", "reuse=outputs/base", f"logger.tracking_uri={url}").stdout
+    out = cli("experiment=smoke", "reuse=outputs/base", f"logger.tracking_uri={url}", "experiment_name=link").stdout
     run_page = next(line.split("MLflow: ")[1] for line in out.splitlines() if line.startswith("MLflow: "))
     table = next(line.split("runs table: ")[1] for line in out.splitlines() if "runs table: " in line)
     assert table.startswith(f"{url}/#/experiments/") and table.endswith("/runs?workflowType=machine_learning")
