@@ -70,6 +70,8 @@ def test_standard_preference_from_every_file_type(tmp_path, kind):
     assert fb.kind == "pairwise"
     assert [(p.prompt, p.chosen, p.rejected, p.set_id) for p in fb.records] == [
         ("How do I boil an egg?", "Boil it for 8 minutes.", "No.", 0), ("Name a colour.", "Blue.", "Seven.", 1)]
+    if kind in ("jsonl", "parquet", "csv"):  # converted by `datasets` into data.cache_dir, not ~/.cache
+        assert any((tmp_path / "cache").rglob("*.arrow"))
 
 
 def test_a_dataset_directory_split_is_chosen_by_data_split(tmp_path):
