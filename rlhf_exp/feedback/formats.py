@@ -76,6 +76,11 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def is_rank(r, n: int) -> bool:
+    """A labeler's mark for one of n completions: an integer rank 1..n, or FLAG."""
+    return r == FLAG or (_is_int(r) and 1 <= r <= n)
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -111,7 +116,7 @@ def _parse_ranked(obj: dict, problems: list[str]) -> RankedSet | None:
             problems.append(f"{where}': expected {n} ranks (one per completion), got {len(ranks)}")
         else:
             for i, r in enumerate(ranks):
-                if not (r == FLAG or (_is_int(r) and 1 <= r <= n)):
+                if not is_rank(r, n):
                     problems.append(f"{where}[{i}]': expected an integer rank 1..{n} or \"F\", got {r!r}")
     set_id = _optional(obj, "set_id", _is_int, "an integer", problems)
     if problems:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rlhf_exp.errors import UserError
-from rlhf_exp.feedback.formats import FLAG, RankedSet, load_ranked, ranked_to_json
+from rlhf_exp.feedback.formats import RankedSet, is_rank, load_ranked, ranked_to_json
 from rlhf_exp.feedback.prompts import messages
 from rlhf_exp.files import FileError, write_jsonl
 
@@ -63,7 +63,7 @@ def rank_problems(ranks: list, n: int) -> list[str]:
     if len(ranks) != n:
         return [f"ranks: expected {n} ranks (one per completion, in the order the file gives them), got {len(ranks)}"]
     return [f"ranks[{i}]: expected an integer rank 1..{n} or \"F\", got {r!r}" for i, r in enumerate(ranks)
-            if not (r == FLAG or (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= n))]
+            if not is_rank(r, n)]
 
 
 def set_json(index: int, s: RankedSet, labeler: str | None = None) -> dict:
