@@ -454,3 +454,14 @@ def test_people_rank_sets_on_the_page_with_keys_and_drag(tmp_path, browser):
         {"carol": [1, 2]}]  # dicts compare without order: who wrote first does not matter
     assert [{k: v for k, v in r.items() if k != "rankings"} for r in after] == \
         [{k: v for k, v in r.items() if k != "rankings"} for r in SETS]
+
+
+def test_the_printed_address_takes_connections_before_the_server_loop_starts():
+    """The page's address is printed before uvicorn starts; a browser that connects at once waits in the
+    socket's backlog instead of being refused (CI saw ERR_CONNECTION_REFUSED once)."""
+    from rlhf_exp.stages.label import listen
+    sock = listen("127.0.0.1", 0)
+    try:
+        socket.create_connection(sock.getsockname()[:2], timeout=5).close()
+    finally:
+        sock.close()

@@ -43,12 +43,13 @@ def instructions_text(s: LabelSettings) -> str:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port (port 0: one the system picks), or a UserError naming the setting."""
+    """A socket listening on host:port (port 0: one the system picks), or a UserError naming the setting."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restarted server takes its port back at once
     try:
         sock.bind((host, port))
+        sock.listen(128)  # connections wait in the backlog from now on: the address printed next is reachable at once
     except OSError as err:
         sock.close()
         raise UserError(f"label.host = {host!r}, label.port = {port}: cannot listen there ({err.strerror}); "
