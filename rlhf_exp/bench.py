@@ -112,7 +112,7 @@ def ppo_floor(lm, ref, rm, opt, batch, s, width: int, group: int = 1, values: bo
 
 
 def bench_ppo(args) -> dict:
-    from rlhf_exp.feedback.world import World
+    from rlhf_exp.worlds.synthetic import World
     from rlhf_exp.models.reward import LearnedReward
     from rlhf_exp.models.training import reference
     from rlhf_exp.models.value import ActorCritic

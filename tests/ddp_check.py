@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlhf_exp.config import option  # noqa: E402
 from rlhf_exp.distributed import rank  # noqa: E402
-from rlhf_exp.feedback.world import World  # noqa: E402
+from rlhf_exp.worlds.synthetic import World  # noqa: E402
 from rlhf_exp.models.training import reference  # noqa: E402
 from rlhf_exp.models.value import ActorCritic  # noqa: E402
 from rlhf_exp.modules.data import PromptDataModule  # noqa: E402

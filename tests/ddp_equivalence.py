@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlhf_exp.config import option  # noqa: E402
 from rlhf_exp.feedback.formats import Pair  # noqa: E402
-from rlhf_exp.feedback.world import World  # noqa: E402
+from rlhf_exp.worlds.synthetic import World  # noqa: E402
 from rlhf_exp.modules import data  # noqa: E402
 
 

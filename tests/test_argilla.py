@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_exp.feedback import argilla as A
+from rlhf_exp.labeling import argilla as A
 from rlhf_exp.feedback.formats import FLAG, RankedSet
 from rlhf_exp.feedback.prompts import Conversation
 from rlhf_exp.files import FileError

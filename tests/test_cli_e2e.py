@@ -66,7 +66,7 @@ def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(run_dir / "sft").config.n_embd == 32
     assert "## epoch 0" in (run_dir / "sft_samples.txt").read_text()
 
-    from rlhf_exp.feedback.world import World
+    from rlhf_exp.worlds.synthetic import World
     n_prompts = len(World(seed=0, heldout_fraction=0.2).train_prompts)  # smoke: one set per prompt
     feedback = read_jsonl(run_dir / "feedback.jsonl")
     assert len(feedback) == n_prompts and all(len(r["completions"]) == 3 and r["rankings"] for r in feedback)
@@ -293,7 +293,7 @@ def test_a_classifier_reward_trained_from_thumbs_through_the_pipeline(cli, tmp_p
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
     assert all(r.info.status == "FINISHED" for r in runs)
     run_dir = tmp_path / "outputs/run"
-    from rlhf_exp.feedback.world import World
+    from rlhf_exp.worlds.synthetic import World
     thumbs = read_jsonl(run_dir / "thumbs.jsonl")  # collect: a thumbs up or down for each completion
     assert len(thumbs) == 3 * len(World(seed=0, heldout_fraction=0.2).train_prompts)
     assert {t["label"] for t in thumbs} == {0, 1} and set(thumbs[0]) == {"prompt", "completion", "label"}

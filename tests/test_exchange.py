@@ -4,10 +4,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from rlhf_exp.feedback import argilla, labelstudio
-from rlhf_exp.feedback.exchange import main
+from rlhf_exp.labeling import argilla, labelstudio
+from rlhf_exp.labeling.exchange import main
 from rlhf_exp.feedback.formats import RankedSet, load_feedback, ranked_to_json
-from rlhf_exp.feedback.instructions import GUIDE
+from rlhf_exp.labeling.instructions import GUIDE
 from rlhf_exp.files import write_jsonl
 
 DATA = Path(__file__).parent / "data"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf_exp.config import ConfigError
-from rlhf_exp.feedback.world import World
+from rlhf_exp.worlds.synthetic import World
 from rlhf_exp.models.reward import GoldReward
 from rlhf_exp.modules.data import PromptDataModule
 from rlhf_exp.modules.grpo import GroupModule

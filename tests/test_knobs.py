@@ -15,7 +15,7 @@ import rlhf_exp.modules.ppo as ppo_module
 import rlhf_exp.modules.reward as reward_module
 from rlhf_exp.core.kl import kl_k1, kl_k3
 from rlhf_exp.feedback.formats import Pair
-from rlhf_exp.feedback.world import World
+from rlhf_exp.worlds.synthetic import World
 from rlhf_exp.models.value import ActorCritic
 from rlhf_exp.modules.data import PromptDataModule, RowsDataModule, comparison_groups, encode_pairs, pair_collate
 from rlhf_exp.modules.data import pair_rows_collate

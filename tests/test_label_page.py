@@ -15,9 +15,9 @@ import pytest
 
 from rlhf_exp.config import ConfigError
 from rlhf_exp.errors import UserError
-from rlhf_exp.feedback import labeling
-from rlhf_exp.feedback.instructions import GUIDE
-from rlhf_exp.feedback.labeling import LabelStore, RankingError, UnknownSet, rank_problems
+from rlhf_exp.labeling import store as labeling
+from rlhf_exp.labeling.instructions import GUIDE
+from rlhf_exp.labeling.store import LabelStore, RankingError, UnknownSet, rank_problems
 from rlhf_exp.files import FileError
 from tests.conftest import compose
 
@@ -214,7 +214,7 @@ def test_two_processes_posting_at_once_lose_nothing(tmp_path):
 def client(feedback):
     from fastapi.testclient import TestClient
 
-    from rlhf_exp.feedback.label_app import make_app
+    from rlhf_exp.labeling.app import make_app
     return TestClient(make_app(LabelStore(feedback), "Rank by helpfulness."))
 
 
@@ -299,7 +299,7 @@ def test_stage_label_without_a_feedback_file_is_refused_naming_the_setting(tmp_p
 
 
 def test_label_host_port_and_instructions_reach_the_server(tmp_path, feedback, monkeypatch, capsys):
-    import rlhf_exp.feedback.label_app as label_app
+    import rlhf_exp.labeling.app as label_app
     from rlhf_exp.stages import label
     served, apps = [], []
     monkeypatch.setattr(label, "serve", lambda app, sock: served.append(sock.getsockname()) or sock.close())

@@ -20,7 +20,7 @@ from xml.etree import ElementTree
 import pytest
 
 from rlhf_exp.feedback.formats import FLAG, load_feedback
-from rlhf_exp.feedback.labelstudio import label_config, rank_bucket, rankings_from_export, tasks
+from rlhf_exp.labeling.labelstudio import label_config, rank_bucket, rankings_from_export, tasks
 from rlhf_exp.feedback.prompts import Conversation
 from rlhf_exp.files import FileError
 

@@ -10,7 +10,7 @@ import torch
 
 from rlhf_exp.config import ConfigError
 from rlhf_exp.core.ops import logprobs_from_logits
-from rlhf_exp.feedback.world import World
+from rlhf_exp.worlds.synthetic import World
 from rlhf_exp.models.generation import encode_prompts, generate, left_pad_collate
 from rlhf_exp.models.reward import GoldReward
 from rlhf_exp.models.value import ActorCritic, Critic, response_logits

@@ -170,7 +170,9 @@ def test_reward_model_on_a_real_pretrained_encoder_loaded_offline(monkeypatch):
 def test_gold_accuracy_counts_only_pairs_the_gold_scorer_prefers():
     from rlhf_exp.stages.reward_model import gold_accuracy
     sets = [(PROMPTS[0], [GOOD, BAD, GOOD + " "])]  # the first and last tie in the gold score
-    acc, n = gold_accuracy(lambda prompts, texts: torch.tensor([1.0, 0.0, -1.0]), sets)
+    from rlhf_exp.worlds.synthetic_data import SyntheticData
+    from tests.test_world import DATA
+    acc, n = gold_accuracy(lambda prompts, texts: torch.tensor([1.0, 0.0, -1.0]), sets, SyntheticData(**DATA))
     # (GOOD, BAD): both prefer GOOD; (GOOD, GOOD ): a gold tie, left out; (BAD, GOOD ): the scores
     # prefer BAD, the gold GOOD
     assert (acc, n) == (0.5, 2)

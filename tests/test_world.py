@@ -4,12 +4,12 @@ from statistics import mean
 
 import pytest
 
-from rlhf_exp.feedback import topics as T
+from rlhf_exp.worlds import topics as T
 from rlhf_exp.feedback.consensus import prepare_pairs
-from rlhf_exp.feedback.gold import GoldScorer
-from rlhf_exp.feedback.labelers import SimulatedLabeler
-from rlhf_exp.feedback.sources import SyntheticData
-from rlhf_exp.feedback.world import STYLES, World
+from rlhf_exp.worlds.gold import GoldScorer
+from rlhf_exp.worlds.labelers import SimulatedLabeler
+from rlhf_exp.worlds.synthetic_data import SyntheticData
+from rlhf_exp.worlds.synthetic import STYLES, World
 
 DATA = dict(seed=0, heldout_fraction=0.2, sets_per_prompt=2, n_completions=4, n_labelers=6,
             labelers_per_set=4, poor_labelers=2, poor_mode="mixed", noise=0.15, tie_rate=0.05,

@@ -129,7 +129,7 @@ class GoldReward:
     def score(self, prompts: list[str], completions: list[str]):
         import torch
 
-        from rlhf_exp.feedback.gold import GoldScorer
+        from rlhf_exp.worlds.gold import GoldScorer
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         scores = GoldScorer().score_batch([str(p) for p in prompts], completions)  # a conversation: its last user turn

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from rlhf_exp.feedback.world import corpus
+from rlhf_exp.worlds.synthetic import corpus
 
 EOS = "<|endoftext|>"  # also BOS
 PAD = "<|pad|>"        # distinct from EOS, so a real EOS is never masked as padding

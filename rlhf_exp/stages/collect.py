@@ -11,8 +11,7 @@ from pydantic import Field
 
 from rlhf_exp.config import ConfigError, schema
 from rlhf_exp.feedback.formats import RankedSet, binary_to_json, ranked_to_json
-from rlhf_exp.feedback.instructions import GUIDE, GUIDE_NAME, WHERE
-from rlhf_exp.feedback.sources import gold_scores
+from rlhf_exp.labeling.instructions import GUIDE, GUIDE_NAME, WHERE
 from rlhf_exp.files import write_jsonl
 from rlhf_exp.models.generation import sample
 from rlhf_exp.stages.context import StageContext
@@ -36,8 +35,8 @@ def run(ctx: StageContext) -> None:
     data = ctx.built["data"]
     simulated = s.labelers == "simulated"
     if simulated and not data.simulated:
-        raise ConfigError("collect.labelers = 'simulated': expected 'human' with data=files "
-                          "(only the synthetic world has simulated labelers)")
+        raise ConfigError("collect.labelers = 'simulated': expected 'human' with data=files or data=hf "
+                          "(only the simulated worlds, data=synthetic and data=chat, have simulated labelers)")
     spec = ctx.model_spec(s.policy, "policy", "collect.policy")  # the directory given, this pipeline's sft/, or the model group
     tokenizer = spec.tokenizer()
     policy = spec.causal_lm(tokenizer).to(ctx.device())
@@ -52,7 +51,7 @@ def run(ctx: StageContext) -> None:
     seconds = time.perf_counter() - t0
 
     sets = list(zip(prompts, out.texts))
-    gold = gold_scores(sets) if data.simulated else None
+    gold = data.gold_scores(sets) if data.simulated else None
     records = data.rank(sets, "collect", gold) if simulated else \
         [RankedSet(p, c, {}, set_id=i) for i, (p, c) in enumerate(sets)]
     ctx.save("feedback", write_jsonl(ctx.run_dir / "feedback.jsonl", map(ranked_to_json, records)))
@@ -72,7 +71,8 @@ def run(ctx: StageContext) -> None:
                "collect/perf/sequences_per_s": (len(texts) + (len(heldout) * data.n_completions)) / seconds}
     if gold is not None:
         for k in ("overall", "helpfulness", "toxicity", "coherence"):
-            metrics[f"collect/gold/{k}"] = mean(getattr(g, k) for gs in gold for g in gs)
+            if hasattr(gold[0][0], k):
+                metrics[f"collect/gold/{k}"] = mean(getattr(g, k) for gs in gold for g in gs)
     ctx.run.log_metrics(metrics)
     source = getattr(spec, "name_or_path", "the model group")
     print(f"collect: {len(sets)} sets of {data.n_completions} from {source} in {seconds:.1f} s; "

@@ -21,7 +21,6 @@ from pydantic import Field
 
 from rlhf_exp.config import schema
 from rlhf_exp.core.bon import best_of_n_kl_bound, best_of_n_log_ratio, mass_below
-from rlhf_exp.feedback.sources import gold_scores
 from rlhf_exp.models.generation import encode_prompts, generate, left_pad_collate
 from rlhf_exp.modules.rollout import rollout_logprobs
 from rlhf_exp.stages.context import StageContext
@@ -89,6 +88,16 @@ def best_of_n(ref, tokenizer, reward, prompts: list, s: EvalSettings) -> tuple[l
     return [texts[i] for i in kept], [scores[i] for i in kept], min(float(kl.mean()), best_of_n_kl_bound(n))
 
 
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """The mean of the values that are not NaN and its standard error (sample std / √n)."""
+    kept = [v for v in values if not math.isnan(v)]
+    if not kept:
+        return float("nan"), float("nan")
+    m = sum(kept) / len(kept)
+    se = math.sqrt(sum((v - m) ** 2 for v in kept) / (len(kept) - 1) / len(kept)) if len(kept) > 1 else float("nan")
+    return m, se
+
+
 def reward_plot(path, scores: dict[str, dict[str, list[float]]]) -> None:
     """Histograms of each score (reward, gold) for the reference and the aligned policy."""
     import matplotlib
@@ -148,13 +157,13 @@ def run(ctx: StageContext) -> None:
     metrics.update({"eval/kl/policy_ref": mean(kl), "eval/win_rate": mean(wins)})
     names = {"ref": "reference", "policy": "aligned", "bon": f"best-of-{s.best_of_n}"}
     plotted = {"reward": {names[k]: v for k, v in rewards.items()}}
-    if data.simulated:
-        gold = {k: [g for gs in gold_scores([(p, [t]) for p, t in zip(flat_prompts, v)]) for g in gs]
-                for k, v in texts.items()}
-        for k, gs in gold.items():
-            metrics[f"eval/gold/{k}"] = mean(g.overall for g in gs)
-            metrics[f"eval/toxicity/{k}"] = mean(g.toxicity for g in gs)
-        plotted["gold score"] = {names[k]: [g.overall for g in gs] for k, gs in gold.items()}
+    if data.simulated:  # the world's own measures: gold (or judge) score, toxicity, refusals, ...
+        measured = {k: data.eval_measures(flat_prompts, v) for k, v in texts.items()}
+        for k, by_name in measured.items():
+            for name, values in by_name.items():
+                metrics[f"eval/{name}/{k}"], metrics[f"eval/{name}/{k}_se"] = mean_se(values)
+        first = next(iter(measured["ref"]))  # the world's main score: gold, or judge
+        plotted[f"{first} score"] = {names[k]: by_name[first] for k, by_name in measured.items()}
     ctx.run.log_metrics(metrics)
 
     ctx.save_text("eval_samples", "eval_samples.md",
@@ -168,10 +177,15 @@ def run(ctx: StageContext) -> None:
 
 def summary_table(metrics: dict[str, float]) -> str:
     """Before (reference) and after (aligned) side by side, and best-of-n when reported."""
-    rows = [("reward", "eval/reward"), ("gold score", "eval/gold"), ("toxicity", "eval/toxicity")]
+    rows = [("reward", "eval/reward"), ("gold score", "eval/gold"), ("judge score", "eval/judge"),
+            ("toxicity", "eval/toxicity"), ("toxic > 0.5", "eval/toxic_rate"), ("refusal", "eval/refusal"),
+            ("truthful", "eval/truthful")]
     cols = [("ref", "reference"), ("policy", "aligned")] + ([("bon", "best-of-n")] if "eval/reward/bon" in metrics else [])
-    lines = [f"{'':12}" + "".join(f" {title:>10}" for _, title in cols)]
-    lines += [f"{name:12}" + "".join(f" {metrics[f'{key}/{c}']:>10.3f}" for c, _ in cols)
+    def cell(key: str) -> str:  # the mean, ± its standard error where measured
+        se = metrics.get(f"{key}_se")
+        return f"{metrics[key]:.3f}" + (f" ± {se:.3f}" if se is not None and not math.isnan(se) else "")
+    lines = [f"{'':12}" + "".join(f" {title:>16}" for _, title in cols)]
+    lines += [f"{name:12}" + "".join(f" {cell(f'{key}/{c}'):>16}" for c, _ in cols)
               for name, key in rows if f"{key}/ref" in metrics]
     lines.append(f"KL(aligned ‖ reference) {metrics['eval/kl/policy_ref']:.2f} nats per response; "
                  f"win rate (reward model) {metrics['eval/win_rate']:.2f}")

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from rlhf_exp.config import ConfigError, schema
 from rlhf_exp.errors import UserError
-from rlhf_exp.feedback.instructions import guide_for
+from rlhf_exp.labeling.instructions import guide_for
 from rlhf_exp.stages.context import StageContext
 
 
@@ -65,8 +65,8 @@ def serve(app, sock: socket.socket) -> None:
 
 
 def run(ctx: StageContext) -> None:
-    from rlhf_exp.feedback.label_app import make_app
-    from rlhf_exp.feedback.labeling import LabelStore
+    from rlhf_exp.labeling.app import make_app
+    from rlhf_exp.labeling.store import LabelStore
     s: LabelSettings = ctx.built["label"]
     check(s)
     store = LabelStore(s.feedback)  # the file checked (every line) before anything is served

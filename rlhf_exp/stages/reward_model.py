@@ -5,7 +5,6 @@ reference completions in its config (`reward_mean`, `reward_std`) for normalisat
 class names (`id2label`): `reward=classifier` scores with its positive class's logit."""
 from __future__ import annotations
 
-import random
 from functools import partial
 from itertools import combinations
 from statistics import mean, pstdev
@@ -31,14 +30,13 @@ def backbone(ctx: StageContext, s: RewardModelSettings, labels: list[str] | None
     return tokenizer, spec.trainable(spec.sequence_classifier(tokenizer, labels), task="SEQ_CLS")  # head trained with LoRA
 
 
-def gold_accuracy(score, sets: list[tuple[str, list[str]]]) -> tuple[float, int]:
-    """Share of completion pairs of held-out sets ordered as the gold scorer orders them
-    (pairs whose gold scores differ by less than GOLD_TIE are left out)."""
-    from rlhf_exp.feedback.gold import GoldScorer
-    gold = GoldScorer()
+def gold_accuracy(score, sets: list[tuple[str, list[str]]], data) -> tuple[float, int]:
+    """Share of completion pairs of held-out sets ordered as the world's gold (the synthetic world's
+    scorer, the real-text world's judge) orders them (pairs whose gold scores differ by less than
+    GOLD_TIE are left out)."""
     prompts, texts = zip(*[(p, c) for p, cs in sets for c in cs])
     learned = score(list(prompts), list(texts)).tolist()
-    g = [s.overall for s in gold.score_batch(list(prompts), list(texts))]
+    g = [s.overall for gs in data.gold_scores(sets) for s in gs]
     hits, start = [], 0
     for _, cs in sets:
         for i, j in combinations(range(start, start + len(cs)), 2):
@@ -52,9 +50,7 @@ def heldout_sets(ctx: StageContext) -> list[tuple[str, list[str]]]:
     """Held-out completion sets: the collect stage's (the policy's own text), else the world's."""
     if "heldout" in ctx.outputs:
         return load_heldout(ctx.outputs["heldout"])
-    world = ctx.built["data"].world()
-    rng = random.Random(f"heldout-{ctx.cfg.seed}")
-    return [(p, [c.text for c in world.completion_set(p, 4, rng)]) for p in world.heldout_prompts for _ in range(4)]
+    return ctx.built["data"].heldout_sets(ctx.cfg.seed)
 
 
 def run(ctx: StageContext) -> None:
@@ -80,7 +76,7 @@ def run(ctx: StageContext) -> None:
 
     metrics = {"reward/norm/mean": model.config.reward_mean, "reward/norm/std": model.config.reward_std}
     if ctx.built["data"].simulated:
-        acc, n = gold_accuracy(score, heldout_sets(ctx))
+        acc, n = gold_accuracy(score, heldout_sets(ctx), ctx.built["data"])
         metrics.update({"reward/gold/accuracy": acc, "reward/gold/pairs": n})
     ctx.run.log_metrics(metrics, step=trainer.global_step)
     shown = {**{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("reward/val/")}, **metrics}
@@ -104,7 +100,7 @@ def run_classifier(ctx: StageContext, s: RewardModelSettings) -> None:
         def score(prompts, completions):  # the positive class's logit, as reward=classifier reads it
             texts = classifier_texts(tokenizer, prompts, completions, s.classifier_input)
             return batched_logits(model, tokenizer, texts, 64, s.max_len)[:, 1]
-        acc, n = gold_accuracy(score, heldout_sets(ctx))
+        acc, n = gold_accuracy(score, heldout_sets(ctx), ctx.built["data"])
         metrics.update({"reward/gold/accuracy": acc, "reward/gold/pairs": n})
     ctx.run.log_metrics(metrics, step=trainer.global_step)
     shown = {**{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("reward/val/")}, **metrics}

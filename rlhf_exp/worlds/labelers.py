@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass
 
 from rlhf_exp.feedback.formats import FLAG
-from rlhf_exp.feedback.gold import GoldScore
+from rlhf_exp.worlds.gold import GoldScore
 
 NONSENSE_COHERENCE = 0.5  # below this a completion is nonsense to a careful labeler
 

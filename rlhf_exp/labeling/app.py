@@ -1,4 +1,4 @@
-"""The labeling page's web app (FastAPI): the page itself (label_page/), and a small JSON API over a
+"""The labeling page's web app (FastAPI): the page itself (page/), and a small JSON API over a
 `LabelStore`.
 
 - `GET  /api/instructions`            -> {"text"}: what labelers read before the first set
@@ -20,10 +20,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-from rlhf_exp.feedback.labeling import LABELER_PATTERN, LabelStore, RankingError, UnknownSet, set_json
+from rlhf_exp.labeling.store import LABELER_PATTERN, LabelStore, RankingError, UnknownSet, set_json
 from rlhf_exp.files import FileError
 
-PAGE_DIR = Path(__file__).resolve().parent / "label_page"  # index.html, label.js, label.css (package data)
+PAGE_DIR = Path(__file__).resolve().parent / "page"  # index.html, label.js, label.css (package data)
 
 Labeler = Annotated[str, Field(pattern=LABELER_PATTERN, description="the labeler's id (name)")]
 

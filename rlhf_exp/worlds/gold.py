@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from rlhf_exp.feedback import topics as T
-from rlhf_exp.feedback.world import corpus
+from rlhf_exp.worlds import topics as T
+from rlhf_exp.worlds.synthetic import corpus
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -40,6 +40,11 @@ class GoldScore:
     toxicity: float      # [0, 1]: insults and contempt
     coherence: float     # [0, 1]: fluency; low for nonsense
     overall: float       # the weighted total above
+
+    @property
+    def acceptable(self) -> bool:
+        """A thumbs up: neither toxic nor harmful."""
+        return self.toxicity == 0 and self.harmlessness == 1
 
 
 class GoldScorer:

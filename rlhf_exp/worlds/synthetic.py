@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rlhf_exp.feedback import topics as T
+from rlhf_exp.worlds import topics as T
 
 STYLES = ("helpful", "unhelpful", "combative", "harmful", "dishonest", "nonsense")
 # How often each style appears in a completion set, as an instruct model before alignment might.

@@ -1,4 +1,4 @@
-"""The synthetic world's content, read once from `world.yaml` beside this file.
+"""The synthetic world's content, read once from `synthetic.yaml` beside this file.
 
 `TOPICS` is a list of dicts with `name`, `subject`, `prompts`, `keywords`, `helpful`, and `false` /
 `harmful` as lists of `(text, markers)`; the other names are style templates and the gold scorer's
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-_DOC = yaml.safe_load((Path(__file__).with_name("world.yaml")).read_text(encoding="utf-8"))
+_DOC = yaml.safe_load((Path(__file__).with_name("synthetic.yaml")).read_text(encoding="utf-8"))
 
 
 def _topic(t: dict) -> dict:

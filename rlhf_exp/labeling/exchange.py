@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from rlhf_exp.errors import UserError
-from rlhf_exp.feedback import argilla, labelstudio
+from rlhf_exp.labeling import argilla, labelstudio
 from rlhf_exp.feedback.formats import RankedSet, load_ranked, ranked_to_json
-from rlhf_exp.feedback.instructions import guide_for
+from rlhf_exp.labeling.instructions import guide_for
 from rlhf_exp.feedback.prompts import sort_key
 from rlhf_exp.files import FileError, read_json, write_json, write_jsonl, write_text
 
