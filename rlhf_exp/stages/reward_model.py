@@ -33,7 +33,9 @@ def backbone(ctx: StageContext, s: RewardModelSettings, labels: list[str] | None
 def gold_accuracy(score, sets: list[tuple[str, list[str]]], data) -> tuple[float, int]:
     """Share of completion pairs of held-out sets ordered as the world's gold (the synthetic world's
     scorer, the real-text world's judge) orders them (pairs whose gold scores differ by less than
-    GOLD_TIE are left out)."""
+    GOLD_TIE are left out); (NaN, 0) without held-out sets."""
+    if not sets:
+        return float("nan"), 0
     prompts, texts = zip(*[(p, c) for p, cs in sets for c in cs])
     learned = score(list(prompts), list(texts)).tolist()
     g = [s.overall for gs in data.gold_scores(sets) for s in gs]

