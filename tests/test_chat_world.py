@@ -170,3 +170,49 @@ def test_rlhf_exp_judge_names_every_bad_line_and_writes_nothing(tmp_path, capsys
                      + json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n", encoding="utf-8")
     assert judge_main([str(mixed), str(out)]) == 2
     assert "a pair row in a file of completion rows" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_worlds_settings_reach_the_world_and_the_judge(monkeypatch):
+    data = settings("data", "chat", prompts={"everyday": 72, "harmful": 8, "truthful": 12, "toxic": 4},
+                    heldout_fraction=0.5, judge={"cache_dir": "/x", "batch_size": 3, "max_answer_tokens": 7})
+    world = data.world()
+    for kind, n in (("harmful", 8), ("truthful", 12), ("toxic", 4)):
+        assert sum(p.kind == kind for p in world.heldout) == n // 2 == sum(p.kind == kind for p in world.train)
+    assert len(data.train_prompts()) + len(data.heldout_prompts()) == 72 + 8 + 12 + 4
+    calls = []
+    monkeypatch.setattr(J, "judge", lambda *args: calls.append(args) or StandIn())
+    data.scorer()
+    assert calls == [("/x", 3, 7)]
+    from rlhf_exp.models.reward import JudgeReward
+    reward = settings("reward", "judge", cache_dir="/y", batch_size=5, max_answer_tokens=9)
+    assert reward.score(["p"], ["answer 1.5"]).tolist() == [1.5] and calls[-1] == ("/y", 5, 9)
+    assert isinstance(reward, JudgeReward)
+
+
+def test_answer_logprobs_batches_and_cuts_as_asked():
+    import torch
+
+    class LM(torch.nn.Module):  # log-prob of every token log(1/4): a uniform LM over 4 tokens
+        config = type("C", (), {"final_logit_softcapping": None})()
+
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+            self.lm_head = torch.nn.Linear(2, 4, bias=False)
+            torch.nn.init.zeros_(self.lm_head.weight)
+
+        def model(self, input_ids, attention_mask):
+            self.calls.append(tuple(input_ids.shape))
+            return type("O", (), {"last_hidden_state": torch.zeros(*input_ids.shape, 2)})()
+
+    class Tok:
+        pad_token_id = 0
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [1 + len(w) % 3 for w in text.split()]}
+
+    lm = LM()
+    out = J.answer_logprobs(lm, Tok(), ["a b", "c", "d"], ["w w w w w", "", "x y"], batch_size=1, max_tokens=3)
+    assert out[0] == pytest.approx(math.log(0.25)) and out[2] == pytest.approx(math.log(0.25))
+    assert out[1] == J.EMPTY_FLUENCY                      # an empty answer is not read
+    assert sorted(lm.calls) == [(1, 3), (1, 5)]           # one answer a batch; the first cut at 3 tokens
