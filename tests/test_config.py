@@ -30,8 +30,7 @@ def test_every_group_of_the_design_exists():
 def test_every_option_composes_and_validates(group, option):
     cfg = compose(f"{group}={option}", *REQUIRED.get((group, option), []))
     built = validate_config(cfg)
-    assert built["run"].stage == ("pipeline" if (group, option) != ("experiment", "smollm2") else
-                                  ["collect", "prepare", "reward_model", "align", "eval"])  # SmolLM2 needs no sft
+    assert built["run"].stage == "pipeline"
     for name in ("data", "model", "reward", "logger", "algorithm", "sft", "collect", "prepare",
                  "reward_model", "eval"):
         assert not OmegaConf.is_config(built[name]), name  # a settings object, built and checked

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.real_model]
 
-TINY = ["experiment=smollm2", "data.prompts.everyday=4", "data.prompts.harmful=4", "data.prompts.truthful=4",
+TINY = ["experiment=smollm2", "stage=[collect,prepare,reward_model,align,eval]", "data.prompts.everyday=4", "data.prompts.harmful=4", "data.prompts.truthful=4",
         "data.prompts.toxic=4", "data.n_labelers=4", "data.labelers_per_set=3", "data.poor_labelers=1",
         "collect.max_new_tokens=10", "eval.max_new_tokens=10", "eval.samples_per_prompt=1", "eval.best_of_n=2",
         "trainer.enable_progress_bar=false"]
@@ -31,7 +31,7 @@ def test_the_life_cycle_on_smollm2_with_dpo_then_ppo_on_its_feedback(cli, tmp_pa
     labelers = json.loads((run_dir / "labelers.json").read_text())["labelers"]
     assert sorted(v["simulated_kind"] for v in labelers.values()).count("good") == 3
     assert (run_dir / "reward_model_adapter").is_dir() and (run_dir / "policy_adapter").is_dir()  # LoRA on SmolLM2
-    assert not (run_dir / "sft").exists()  # SmolLM2 is the reference: no sft stage
+    assert not (run_dir / "sft").exists()  # without sft, SmolLM2 itself is the reference
     summary = json.loads((run_dir / "eval_summary.json").read_text())
     for policy in ("ref", "policy", "bon"):
         assert math.isfinite(summary[f"eval/judge/{policy}"]) and math.isfinite(summary[f"eval/judge/{policy}_se"])

@@ -37,6 +37,7 @@ class Job:
     params: dict[str, str]
     metrics: dict[str, float] = field(default_factory=dict)
     curve: list[tuple[int, float]] = field(default_factory=list)
+    gold_curve: list[tuple[int, float]] = field(default_factory=list)  # the world's gold of the same rollouts
     error: str = ""
 
 
@@ -56,6 +57,8 @@ def load_jobs(client, experiment: str, sweep: str | None) -> list[Job]:
             if child.data.tags.get("stage") == "align" and algorithm in CURVES:
                 history = client.get_metric_history(child.info.run_id, CURVES[algorithm])
                 job.curve = sorted((m.step, m.value) for m in history)
+                gold = client.get_metric_history(child.info.run_id, f"{algorithm}/gold/score_mean")
+                job.gold_curve = sorted((m.step, m.value) for m in gold)
         jobs.append(job)
     return jobs
 
@@ -150,13 +153,19 @@ def plots(jobs: list[Job], swept: list[str], metric: str, out: Path) -> list[Pat
     scatter("gold_vs_reward.png", "eval/reward/policy", "eval/gold/policy", "reward-model score",
             "gold score", "Gold score against reward-model score (over-optimisation)")
 
-    fig, axes = plt.subplots(1, max(1, len(algorithms)), figsize=(6 * max(1, len(algorithms)), 4), squeeze=False)
-    for ax, alg in zip(axes[0], algorithms or ["-"]):
-        for j in (j for j in done if j.algorithm == alg and j.curve):
-            ax.plot([s for s, _ in j.curve], [v for _, v in j.curve], label=label[j.run_id], alpha=0.8)
-        ax.set(title=f"{alg}: {CURVES.get(alg, '')}", xlabel="step")
-        if ax.lines:
-            ax.legend(fontsize=7)
+    # the proxy along training, and below it the world's gold of the same rollouts where it was logged
+    rows = 2 if any(j.gold_curve for j in done) else 1
+    fig, axes = plt.subplots(rows, max(1, len(algorithms)), figsize=(6 * max(1, len(algorithms)), 4 * rows),
+                             squeeze=False)
+    for col, alg in enumerate(algorithms or ["-"]):
+        for row, (attr, title) in enumerate([("curve", CURVES.get(alg, "")), ("gold_curve", f"{alg}/gold/score_mean")][:rows]):
+            ax = axes[row][col]
+            for j in (j for j in done if j.algorithm == alg and getattr(j, attr)):
+                pts = getattr(j, attr)
+                ax.plot([s for s, _ in pts], [v for _, v in pts], label=label[j.run_id], alpha=0.8)
+            ax.set(title=f"{alg}: {title}", xlabel="step")
+            if ax.lines:
+                ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "learning_curves.png", dpi=100)
     plt.close(fig)
