@@ -18,12 +18,12 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture
 def cli(tmp_path, cache_dir):
     """Run `python -m rlhf_exp ARGS` in a fresh working directory; returns CompletedProcess."""
-    def run(*args, check=True):
+    def run(*args, check=True, timeout=300):
         env = {**os.environ, "RLHF_EXP_CACHE": str(cache_dir), "HYDRA_FULL_ERROR": "1"}
         flags = [a for a in args if a.startswith("-")]  # argparse wants flags before overrides
         overrides = [a for a in args if not a.startswith("-")]
         proc = subprocess.run([sys.executable, "-m", "rlhf_exp", *flags, "hydra.run.dir=outputs/run", *overrides],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
         return proc

@@ -22,7 +22,7 @@ def runs_of(tmp_path):
 
 
 def test_the_life_cycle_on_smollm2_with_dpo_then_ppo_on_its_feedback(cli, tmp_path):
-    cli(*TINY, "algorithm=dpo")
+    cli(*TINY, "algorithm=dpo", timeout=900)  # real models: about 2 minutes here, more on a busy machine
     run_dir = tmp_path / "outputs/run"
     feedback = [json.loads(ln) for ln in (run_dir / "feedback.jsonl").read_text().splitlines()]
     held = [json.loads(ln) for ln in (run_dir / "heldout.jsonl").read_text().splitlines()]
@@ -50,7 +50,8 @@ def test_the_life_cycle_on_smollm2_with_dpo_then_ppo_on_its_feedback(cli, tmp_pa
     # each iteration (GRPO and RLOO log them through the same reward source)
     for algorithm in ("ppo",):
         cli(*TINY, f"algorithm={algorithm}", "reuse=outputs/run", f"hydra.run.dir=outputs/{algorithm}",
-            "algorithm.max_steps=2", "algorithm.batch_size=4", "algorithm.minibatches=2", "algorithm.max_new_tokens=8")
+            "algorithm.max_steps=2", "algorithm.batch_size=4", "algorithm.minibatches=2", "algorithm.max_new_tokens=8",
+            timeout=600)
         client, runs = runs_of(tmp_path)
         latest = [r for r in runs if r.data.tags.get("algorithm") == algorithm]
         assert [r.data.tags["stage"] for r in latest] == ["pipeline", "align", "eval"]

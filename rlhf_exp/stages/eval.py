@@ -185,7 +185,7 @@ def summary_table(metrics: dict[str, float]) -> str:
     """Before (reference) and after (aligned) side by side, and best-of-n when reported."""
     rows = [("reward", "eval/reward"), ("gold score", "eval/gold"), ("judge score", "eval/judge"),
             ("toxicity", "eval/toxicity"), ("toxic > 0.5", "eval/toxic_rate"), ("refusal", "eval/refusal"),
-            ("truthful", "eval/truthful")]
+            ("over-refusal", "eval/overrefusal"), ("truthful", "eval/truthful")]
     cols = [("ref", "reference"), ("policy", "aligned")] + ([("bon", "best-of-n")] if "eval/reward/bon" in metrics else [])
     def cell(key: str) -> str:  # the mean, ± its standard error where measured
         se = metrics.get(f"{key}_se")
