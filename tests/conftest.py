@@ -17,17 +17,35 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture
 def cli(tmp_path, cache_dir):
-    """Run `python -m rlhf_exp ARGS` in a fresh working directory; returns CompletedProcess."""
-    def run(*args, check=True, timeout=300):
+    """Run `python -m rlhf_exp ARGS` in a fresh working directory (outside the checkout); returns
+    CompletedProcess. `python=`: another interpreter, e.g. the core install's (`core_python`)."""
+    def run(*args, check=True, timeout=300, python=sys.executable):
         env = {**os.environ, "RLHF_EXP_CACHE": str(cache_dir), "HYDRA_FULL_ERROR": "1"}
         flags = [a for a in args if a.startswith("-")]  # argparse wants flags before overrides
         overrides = [a for a in args if not a.startswith("-")]
-        proc = subprocess.run([sys.executable, "-m", "rlhf_exp", *flags, "hydra.run.dir=outputs/run", *overrides],
+        proc = subprocess.run([str(python), "-m", "rlhf_exp", *flags, "hydra.run.dir=outputs/run", *overrides],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
         return proc
     return run
+
+
+@pytest.fixture(scope="session")
+def core_python(tmp_path_factory):
+    """The interpreter of a core install as a user makes one: `make core` (which `make test` runs)
+    installs the wheel with no extras into .venv-core; here this checkout's wheel is built and put
+    in its place, so the tests run the code under test, not the code of the last `make core`."""
+    python = ROOT / ".venv-core" / "bin" / "python"
+    if not python.is_file():
+        pytest.fail(f"no core install at {python.parent.parent}: run `make core` (`make test` does)")
+    def check(*cmd):
+        proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{' '.join(map(str, cmd))}:\n{proc.stderr[-3000:]}"
+    wheels = tmp_path_factory.mktemp("wheel")
+    check(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, ROOT)
+    check(python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", *wheels.glob("rlhf_exp-*.whl"))
+    return python
 
 
 @pytest.fixture(scope="session")

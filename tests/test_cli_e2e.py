@@ -49,8 +49,8 @@ def test_prepare_on_the_synthetic_world(cli, tmp_path):
     assert read_jsonl(tmp_path / "outputs/again/pairs.jsonl") == pairs
 
 
-def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path):
-    proc = cli("experiment=smoke")
+def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path, core_python):
+    proc = cli("experiment=smoke", python=core_python)  # installed from the wheel, no extras (test_core_install.py)
     client, runs = mlflow_runs(tmp_path)
     parent = [r for r in runs if r.data.tags["stage"] == "pipeline"]
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
@@ -234,8 +234,8 @@ def test_multirun_tags_each_job_with_the_sweep_and_goes_on_after_a_failed_job(cl
     assert (tmp_path / "outputs/sweep/2/pairs.jsonl").is_file()
 
 
-def test_dpo_is_one_override_away(cli, tmp_path):
-    proc = cli("experiment=smoke", "algorithm=dpo")
+def test_dpo_is_one_override_away(cli, tmp_path, core_python):
+    proc = cli("experiment=smoke", "algorithm=dpo", python=core_python)  # the core install, as above
     client, runs = mlflow_runs(tmp_path)
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
     assert list(children) == ["sft", "collect", "prepare", "reward_model", "align", "eval"]

@@ -18,7 +18,7 @@ import pydantic
 from pydantic import Field
 
 from rlhf_exp.config import schema
-from rlhf_exp.errors import UserError
+from rlhf_exp.errors import UserError, require
 from rlhf_exp.models.training import Training
 
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
@@ -242,6 +242,7 @@ def dequantize_gguf(gguf: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if not gguf.is_file():
         raise UserError(f"model.gguf_file = {str(gguf)!r}: no such file (resolved to {gguf.resolve()})")
+    require("gguf", f"reading the GGUF file {gguf.name}", "models")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = copy.deepcopy(loaded.config)

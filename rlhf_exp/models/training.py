@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
 
 from rlhf_exp.config import schema
+from rlhf_exp.errors import require
 
 
 @schema
@@ -33,15 +35,17 @@ class Training:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not self.lora_r:
             return model
-        from peft import LoraConfig, get_peft_model
-        config = LoraConfig(task_type=task, r=self.lora_r, lora_alpha=self.lora_alpha,
+        peft = require("peft", f"LoRA (model.lora_r = {self.lora_r})", "models")
+        config = peft.LoraConfig(task_type=task, r=self.lora_r, lora_alpha=self.lora_alpha,
                             lora_dropout=self.lora_dropout, target_modules=self.lora_target_modules)
-        return get_peft_model(model, config)
+        return peft.get_peft_model(model, config)
 
 
 def is_adapted(model) -> bool:
-    from peft import PeftModel
-    return isinstance(model, PeftModel)
+    """Whether the model carries LoRA adapters. Only peft makes such a model, so without peft
+    imported there is none (and a core install, without peft, never imports it)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def adapters_off(model):
