@@ -3,6 +3,7 @@
     python -m rlhf_exp.bench ppo --batch 16 --resp-len 32 --ppo-epochs 4 --steps 8
     python -m rlhf_exp.bench grpo --group-size 4                   # GRPO (or rloo) iterations, the same floor
     python -m rlhf_exp.bench ppo --model smollm2 --lora-r 16      # a real model (or --model DIR), LoRA
+    python -m rlhf_exp.bench rollout --model smollm2 --lora-r 16  # decoding alone: each rollout path and its floor
 
 Runs PPO iterations (the real PPOModule in a Lightning Trainer; `grpo` and `rloo`: GroupModule, no
 value head, each prompt answered --group-size times) on the tiny model (or the model
@@ -12,7 +13,10 @@ same backbone and, after each, the floor of the same shapes in the same process:
 model) and, for every minibatch, a forward, the log-probs of the sampled tokens (a log-softmax over
 the vocabulary, which any implementation computes), a backward, gradient clipping and the optimizer step.
 Prints one JSON line; `overhead = median_step_s / floor_step_s`, and `overhead_strict` against a
-floor without the clipping and optimizer steps. Timings on a shared CPU vary run to run; alternating
+floor without the clipping and optimizer steps. `--rollout policy|merged` chooses what samples
+(`algorithm.rollout`, models/sampler.py). `rollout` times decoding alone, interleaved in one run:
+the policy itself (`policy`), its merged copy (`merged`, its refresh included) and the floor that
+reading every weight once per decoding step sets (a sum over each weight tensor). Timings on a shared CPU vary run to run; alternating
 steps and floors lets both see the same conditions.
 """
 from __future__ import annotations
@@ -124,7 +128,7 @@ def bench_ppo(args) -> dict:
     tokenizer, lm, rm = models(args)
     group = args.group_size if args.bench != "ppo" else 1
     s = option("algorithm", args.bench, batch_size=args.batch, max_new_tokens=args.resp_len, ppo_epochs=args.ppo_epochs,
-               minibatches=args.minibatches, max_steps=args.steps + args.warmup, sample_every=0,
+               minibatches=args.minibatches, max_steps=args.steps + args.warmup, sample_every=0, rollout=args.rollout,
                **({"group_size": group} if group > 1 else {}))
     with tempfile.TemporaryDirectory() as tmp:
         rm.save_pretrained(tmp)
@@ -148,8 +152,8 @@ def bench_ppo(args) -> dict:
     measured = module.timings[args.warmup:]
     step = median(timer.steps[args.warmup:])
     floor = median(f["step"] for f in floors)
-    return {"bench": args.bench, "batch": args.batch, "resp_len": args.resp_len, "ppo_epochs": args.ppo_epochs,
-            "minibatches": args.minibatches, **({"group_size": group} if group > 1 else {}), "steps": args.steps,
+    return {"bench": args.bench, "rollout": args.rollout, "batch": args.batch, "resp_len": args.resp_len,
+            "ppo_epochs": args.ppo_epochs, "minibatches": args.minibatches, **({"group_size": group} if group > 1 else {}), "steps": args.steps,
             **described(args),
             "median_step_s": seconds(step),
             "median_rollout_s": seconds(median(t["rollout_s"] for t in measured)),
@@ -213,6 +217,49 @@ def bench_dpo(args) -> dict:
             "floor_step_s": seconds(floor), "overhead": round(step / floor, 3)}
 
 
+def bench_rollout(args) -> dict:
+    """Generated tokens per second of each rollout path on the same prompts, interleaved round by
+    round, and the memory floor: one read of every weight per decoding step."""
+    from rlhf_exp.models.generation import encode_prompts, generate, left_pad_collate
+    from rlhf_exp.models.sampler import rollout_model
+    from rlhf_exp.worlds.synthetic import World
+    tokenizer, lm, _ = models(args)
+    lm.eval()
+    b = left_pad_collate(tokenizer.pad_token_id)(encode_prompts(tokenizer, World(0, 0.2).train_prompts[:args.batch]))
+    paths = {name: rollout_model(lm, name) for name in ("policy", "merged")}
+    weights = list(paths["merged"]().parameters())  # the plain model's (tied weights once)
+
+    def decode(get_model) -> tuple[float, int]:
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        roll = generate(get_model(), tokenizer, b["input_ids"], b["attention_mask"], max_new_tokens=args.resp_len,
+                        temperature=1.0)
+        return time.perf_counter() - t0, roll.response.shape[1]
+
+    def read_weights() -> float:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for w in weights:
+                w.sum()
+        return time.perf_counter() - t0
+    per_step = {name: [] for name in (*paths, "floor")}
+    for round_ in range(args.warmup + args.steps):
+        for name, get in paths.items():
+            seconds_, width = decode(get)
+            if round_ >= args.warmup:
+                per_step[name].append(seconds_ / width)
+        if round_ >= args.warmup:
+            per_step["floor"].append(median(read_weights() for _ in range(5)))
+    ms = {name: median(v) * 1000 for name, v in per_step.items()}
+    return {"bench": "rollout", "batch": args.batch, "resp_len": args.resp_len, "rounds": args.steps, **described(args),
+            "weights_mb": round(sum(w.numel() * w.element_size() for w in weights) / 2**20, 1),
+            **{f"{name}_ms_per_step": seconds(v) for name, v in ms.items()},
+            **{f"{name}_tokens_per_s": seconds(args.batch / ms[name] * 1000) for name in paths},
+            "speedup_merged": round(ms["policy"] / ms["merged"], 3),
+            "merged_over_floor": round(ms["merged"] / ms["floor"], 3),
+            "policy_over_floor": round(ms["policy"] / ms["floor"], 3)}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlhf_exp.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -240,13 +287,22 @@ def main(argv=None) -> None:
     dpo.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (half prompt, half completion)")
     dpo.add_argument("--steps", type=int, default=30, help="steps measured (after --warmup)")
     dpo.add_argument("--warmup", type=int, default=3)
-    for p in (ppo, *groups, dpo):
+    rollout = sub.add_parser("rollout", help="decoding alone: each rollout path against the memory floor")
+    rollout.add_argument("--batch", type=int, default=8, help="prompts")
+    rollout.add_argument("--resp-len", type=int, default=24, help="response tokens (at most: a row stops at EOS)")
+    rollout.add_argument("--steps", type=int, default=5, help="rounds measured (after --warmup)")
+    rollout.add_argument("--warmup", type=int, default=1, help="rounds run first and not measured")
+    for p in (ppo, *groups):
+        p.add_argument("--rollout", choices=["policy", "merged"], default="merged",
+                       help="what samples: the policy, or its LoRA-merged copy (algorithm.rollout)")
+    for p in (ppo, *groups, dpo, rollout):
         for name, default in (("--n-layer", 2), ("--n-head", 4), ("--n-embd", 128)):
             p.add_argument(name, type=int, default=default, help="tiny model size (without --model)")
         p.add_argument("--model", default=None, help="smollm2, or a model directory (default: the tiny GPT-2)")
         p.add_argument("--lora-r", type=int, default=0, help="LoRA rank of the policy (0: full fine-tuning)")
     args = parser.parse_args(argv)
-    print(json.dumps(bench_dpo(args) if args.bench == "dpo" else bench_ppo(args)))
+    bench = {"dpo": bench_dpo, "rollout": bench_rollout}.get(args.bench, bench_ppo)
+    print(json.dumps(bench(args)))
 
 
 if __name__ == "__main__":

@@ -21,3 +21,18 @@ def test_each_benchmark_reports_its_step_its_floor_and_their_ratio(bench, capsys
     assert out["overhead"] == pytest.approx(out["median_step_s"] / out["floor_step_s"], rel=0.01)
     if bench in ("grpo", "rloo"):
         assert out["group_size"] == 2
+    if bench != "dpo":
+        assert out["rollout"] == "merged"  # algorithm.rollout's default
+
+
+def test_the_rollout_benchmark_times_each_path_against_the_memory_floor(capsys, cache_dir, monkeypatch):
+    monkeypatch.setenv("RLHF_EXP_CACHE", str(cache_dir))
+    main(["rollout", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--lora-r", "4", "--batch", "3",
+          "--resp-len", "4", "--steps", "2", "--warmup", "0"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["bench"] == "rollout" and out["lora_r"] == 4 and out["weights_mb"] > 0
+    for path in ("policy", "merged"):
+        assert out[f"{path}_ms_per_step"] > 0 and out[f"{path}_tokens_per_s"] == pytest.approx(
+            3 / out[f"{path}_ms_per_step"] * 1000, rel=0.01)
+    assert out["speedup_merged"] == pytest.approx(out["policy_ms_per_step"] / out["merged_ms_per_step"], rel=0.01)
+    assert out["merged_over_floor"] == pytest.approx(out["merged_ms_per_step"] / out["floor_ms_per_step"], rel=0.01)

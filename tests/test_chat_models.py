@@ -80,6 +80,80 @@ def test_lora_reference_is_the_base_model_and_only_adapters_and_value_head_train
     torch.testing.assert_close(rollout_logprobs(merged.eval(), roll, 1.0), rollout_logprobs(lm, roll, 1.0))
 
 
+
+def moved_adapters(spec, tok, base, seed=2):
+    """A LoRA copy of `base` whose adapters have moved (B ≠ 0), as after some updates."""
+    lm = dataclasses.replace(spec, lora_r=4).trainable(copy.deepcopy(base)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in lm.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return lm
+
+
+def test_the_merged_sampler_is_the_policy_and_follows_its_updates(llama):
+    from rlhf_exp.models.sampler import MergedSampler, rollout_model
+    spec, tok, base = llama
+    lm = moved_adapters(spec, tok, base)
+    sampler = MergedSampler(lm)
+    merged = sampler.refresh()
+    assert not is_adapted(merged) and not any(p.requires_grad for p in merged.parameters())
+    b = left_pad_collate(tok.pad_token_id)(encode_prompts(tok, PROMPTS))
+    greedy = dict(max_new_tokens=8, temperature=0.0)
+    ours = generate(merged, tok, b["input_ids"], b["attention_mask"], **greedy)
+    assert torch.equal(ours.input_ids, generate(lm, tok, b["input_ids"], b["attention_mask"], **greedy).input_ids)
+    torch.testing.assert_close(rollout_logprobs(merged, ours, 1.0), rollout_logprobs(lm, ours, 1.0))
+
+    with torch.no_grad():  # an update moves the adapters: refresh() follows, in the same model
+        for p in lm.parameters():
+            if p.requires_grad:
+                p.mul_(-1.5)
+    assert sampler.refresh() is merged
+    expected = copy.deepcopy(lm).merge_and_unload().state_dict()
+    for name, value in merged.state_dict().items():
+        torch.testing.assert_close(value, expected[name])
+    torch.testing.assert_close(rollout_logprobs(merged, ours, 1.0), rollout_logprobs(lm, ours, 1.0))
+
+    assert rollout_model(lm, "policy")() is lm and rollout_model(base, "merged")() is base  # nothing to merge
+    assert rollout_model(lm, "merged")() is not lm
+
+
+def test_ppo_and_grpo_sample_with_the_merged_copy_and_keep_their_invariants(llama, monkeypatch):
+    """Three iterations each with rollout=merged: every rollout comes from the merged copy, refreshed
+    each iteration, and the first-minibatch check (ratio 1, KL 0) passes every time."""
+    import pytorch_lightning as pl
+
+    from rlhf_exp.models import sampler as sampler_mod
+    from rlhf_exp.models.reward import GoldReward
+    from rlhf_exp.models.value import ActorCritic
+    from rlhf_exp.modules import pg
+    from rlhf_exp.modules.data import PromptDataModule
+    from rlhf_exp.modules.grpo import GroupModule
+    from rlhf_exp.modules.ppo import PPOModule
+    spec, tok, base = llama
+    refreshed, sampled_with = [], []
+    refresh = sampler_mod.MergedSampler.refresh
+    monkeypatch.setattr(sampler_mod.MergedSampler, "refresh",
+                        lambda self: refreshed.append(1) or refresh(self))
+    sample_scored = pg.sample_scored
+    for module in ("rlhf_exp.modules.ppo", "rlhf_exp.modules.grpo"):
+        monkeypatch.setattr(f"{module}.sample_scored",
+                            lambda lm, *a, **k: sampled_with.append(lm) or sample_scored(lm, *a, **k))
+    for algorithm in ("ppo", "grpo"):
+        refreshed.clear(), sampled_with.clear()
+        lm = moved_adapters(spec, tok, base)
+        s = settings("algorithm", algorithm, batch_size=4, minibatches=2, ppo_epochs=2, max_new_tokens=6,
+                     max_steps=3, sample_every=0, rollout="merged", **({"group_size": 2} if algorithm == "grpo" else {}))
+        module = PPOModule(ActorCritic(lm), reference(lm), tok, GoldReward(component="overall"), s) \
+            if algorithm == "ppo" else GroupModule(lm, reference(lm), tok, GoldReward(component="overall"), s)
+        dm = PromptDataModule(PROMPTS * 4, tok, s.batch_size // (2 if algorithm == "grpo" else 1), seed=0)
+        pl.Trainer(max_epochs=-1, max_steps=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, accelerator="cpu").fit(module, datamodule=dm)
+        assert module.iteration == 3 and len(refreshed) == 3 and s.check_invariants
+        assert all(m is module._rollout_model.__self__.model and not is_adapted(m) for m in sampled_with)
+
+
 # -- the real model (marked `real_model`: about 25 s, most of it dequantizing the GGUF once) -------
 
 @pytest.fixture(scope="module")
@@ -132,3 +206,19 @@ def test_smollm2_sft_mask_and_lora_reference(smollm2):
     assert is_adapted(adapted)
     torch.testing.assert_close(rollout_logprobs(reference(adapted), roll, 1.0), base)
     torch.testing.assert_close(rollout_logprobs(adapted, roll, 1.0), base)  # B = 0: the policy starts as the base
+
+
+@pytest.mark.real_model
+def test_smollm2_merged_sampler_decodes_as_the_lora_policy(smollm2):
+    from rlhf_exp.models.sampler import MergedSampler
+    spec, tok, lm = smollm2
+    adapted = spec.trainable(copy.deepcopy(lm)).eval()  # r 16, as model=smollm2 trains
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in adapted.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn(p.shape, generator=g))
+    b = left_pad_collate(tok.pad_token_id)(encode_prompts(tok, PROMPTS))
+    greedy = dict(max_new_tokens=16, temperature=0.0)
+    ours = generate(MergedSampler(adapted).refresh(), tok, b["input_ids"], b["attention_mask"], **greedy)
+    assert torch.equal(ours.input_ids, generate(adapted, tok, b["input_ids"], b["attention_mask"], **greedy).input_ids)

@@ -24,6 +24,7 @@ from rlhf_exp.core.kl import KL_ESTIMATORS
 from rlhf_exp.core.ops import AGGREGATIONS, aggregate_loss, entropy_from_logits, logprobs_from_logits, masked_mean
 from rlhf_exp.core.ppo import policy_loss
 from rlhf_exp.distributed import world_size
+from rlhf_exp.models.sampler import rollout_model
 from rlhf_exp.models.value import response_logits
 from rlhf_exp.modules.optim import adamw
 from rlhf_exp.modules.pg import (check_first_minibatch, kl_controller, load_loop_state, log_iteration, loop_state,
@@ -46,6 +47,7 @@ class _GroupSettings:
     group_size: Annotated[int, Field(ge=2)]    # responses per prompt
     max_new_tokens: Annotated[int, Field(ge=1)]
     temperature: Annotated[float, Field(gt=0)]
+    rollout: Literal["policy", "merged"]       # sample with the policy, or its LoRA-merged copy (models/sampler.py)
     missing_eos_penalty: float | None
     ppo_epochs: Annotated[int, Field(ge=1)]
     minibatches: Annotated[int, Field(ge=1)]
@@ -119,6 +121,13 @@ class GroupModule(pl.LightningModule):
         self.shuffle = torch.Generator().manual_seed(seed)
         self.iteration, self.score_means, self.samples, self.timings = 0, [], [], []
         self.stop_reason = ""
+        self._rollout_model = None  # what samples (algorithm.rollout), made at the first rollout
+
+    def sampler(self):
+        """The model the next rollout samples with: the policy, or its merged copy refreshed."""
+        if self._rollout_model is None:  # made once the policy is on its device
+            self._rollout_model = rollout_model(self.policy, self.s.rollout)
+        return self._rollout_model()
 
     def on_train_batch_start(self, batch, batch_idx):
         self.eval()  # dropout off in every model during RL (Lightning restores modes, so per batch)
@@ -135,7 +144,7 @@ class GroupModule(pl.LightningModule):
     @torch.no_grad()
     def experience(self, batch) -> tuple[Experience, dict]:
         s, p = self.s, self.prefix
-        roll, prompts, scores = sample_scored(self.policy, self.tokenizer, self.reward, batch, s, n=s.group_size)
+        roll, prompts, scores = sample_scored(self.sampler(), self.tokenizer, self.reward, batch, s, n=s.group_size)
         logits, _ = response_logits(self.policy, roll.input_ids, roll.attention_mask, roll.n_response, s.temperature)
         logprobs = logprobs_from_logits(logits, roll.response)                             # (B, T)
         ref_logprobs = rollout_logprobs(self.ref, roll, s.temperature)                    # (B, T)

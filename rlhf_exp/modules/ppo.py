@@ -19,6 +19,7 @@ from rlhf_exp.core.kl import KL_ESTIMATORS
 from rlhf_exp.core.ops import entropy_from_logits, logprobs_from_logits, masked_mean, masked_whiten
 from rlhf_exp.core.ppo import gae, policy_loss, shape_rewards, total_loss, value_loss
 from rlhf_exp.distributed import masked_moments, world_size
+from rlhf_exp.models.sampler import rollout_model
 from rlhf_exp.modules.optim import adamw
 from rlhf_exp.modules.pg import (InvariantError, check_first_minibatch, kl_controller, load_loop_state,  # noqa: F401
                                  log_iteration, loop_state, sample_rows, sample_scored, stop_reason, update_epochs)
@@ -37,6 +38,7 @@ class PPOSettings:
     batch_size: Annotated[int, Field(ge=1)]    # rollouts per iteration
     max_new_tokens: Annotated[int, Field(ge=1)]
     temperature: Annotated[float, Field(gt=0)]
+    rollout: Literal["policy", "merged"]       # sample with the policy, or its LoRA-merged copy (models/sampler.py)
     missing_eos_penalty: float | None
     ppo_epochs: Annotated[int, Field(ge=1)]
     minibatches: Annotated[int, Field(ge=1)]
@@ -89,6 +91,13 @@ class PPOModule(pl.LightningModule):
         self.samples: list[dict] = []       # rows of the samples table
         self.timings: list[dict] = []       # per iteration: rollout_s, update_s, response width
         self.stop_reason = ""
+        self._rollout_model = None  # what samples (algorithm.rollout), made at the first rollout
+
+    def sampler(self):
+        """The model the next rollout samples with: the policy, or its merged copy refreshed."""
+        if self._rollout_model is None:  # made once the policy is on its device
+            self._rollout_model = rollout_model(self.policy.lm, self.s.rollout)
+        return self._rollout_model()
 
     def on_train_batch_start(self, batch, batch_idx):
         """Dropout off in every model during RL: all in eval mode (gradients flow as usual), so the
@@ -107,7 +116,7 @@ class PPOModule(pl.LightningModule):
     @torch.no_grad()
     def experience(self, batch) -> tuple[Experience, dict]:
         s = self.s
-        roll, prompts, scores = sample_scored(self.policy.lm, self.tokenizer, self.reward, batch, s)  # scores (B,)
+        roll, prompts, scores = sample_scored(self.sampler(), self.tokenizer, self.reward, batch, s)  # scores (B,)
         logits, values = self.policy(roll.input_ids, roll.attention_mask, roll.n_response, s.temperature)
         logprobs = logprobs_from_logits(logits, roll.response)                              # (B, T)
         ref_logprobs = rollout_logprobs(self.ref, roll, s.temperature)                    # (B, T)
