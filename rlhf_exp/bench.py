@@ -17,7 +17,9 @@ floor without the clipping and optimizer steps. `--rollout policy|merged` choose
 (`algorithm.rollout`, models/sampler.py). `rollout` times decoding alone, interleaved in one run:
 the policy itself (`policy`), its merged copy (`merged`, its refresh included) and the floor that
 reading every weight once per decoding step sets (a sum over each weight tensor). Timings on a shared CPU vary run to run; alternating
-steps and floors lets both see the same conditions.
+steps and floors lets both see the same conditions. `--device cuda` runs it all on a GPU (the
+timers wait for the device), `--precision bf16-mixed` trains and measures the floor under bfloat16
+autocast, as `trainer.precision` does.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import argparse
 import copy
 import json
 import os
+import sys
 import tempfile
 import time
 from statistics import median
@@ -34,6 +37,7 @@ import torch
 
 from rlhf_exp.config import option
 from rlhf_exp.core.ops import logprobs_from_logits
+from rlhf_exp.errors import UserError
 
 
 def seconds(x: float) -> float:
@@ -59,22 +63,56 @@ def models(args):
 
 def described(args) -> dict:
     size = {"model": args.model} if args.model else {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd")}
-    return {**size, "lora_r": args.lora_r, "threads": torch.get_num_threads()}
+    where = {"device": args.device, "precision": args.precision}
+    if args.device == "cuda":
+        where["gpu"] = torch.cuda.get_device_name(0)
+    return {**size, "lora_r": args.lora_r, "threads": torch.get_num_threads(), **where}
+
+
+def device(args) -> torch.device:
+    """The device asked for (`--device`), refused by name when it is not there."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False); "
+                        "expected a machine with an NVIDIA GPU and a CUDA build of torch, or --device cpu")
+    return torch.device(args.device)
+
+
+def sync(dev: torch.device) -> None:
+    """Wait for the device's queued work, so a timer reads the work done (nothing on a CPU)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def now(dev: torch.device) -> float:
+    """The clock, once the device has done what was queued."""
+    sync(dev)
+    return time.perf_counter()
+
+
+def autocast(args):
+    """bfloat16 autocast for the floor under `--precision bf16-mixed`, as Lightning's plugin wraps the step."""
+    return torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
+
+
+def trainer_args(args) -> dict:
+    """The Trainer's device and precision."""
+    return {"accelerator": "gpu" if args.device == "cuda" else "cpu", "devices": 1, "precision": args.precision}
 
 
 class Interleaved(pl.Callback):
     """Times each training batch (hooks and logging included), then runs one floor measurement
     outside the timed region, so steps and floors alternate and share the machine's moods."""
 
-    def __init__(self, floor):
-        self.floor, self.steps, self.floors = floor, [], []
+    def __init__(self, floor, args):
+        self.floor, self.args, self.dev, self.steps, self.floors = floor, args, torch.device(args.device), [], []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.t0 = time.perf_counter()
+        self.t0 = now(self.dev)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.steps.append(time.perf_counter() - self.t0)
-        self.floors.append(self.floor(batch, module))
+        self.steps.append(now(self.dev) - self.t0)
+        with autocast(self.args):  # the floor at the step's precision
+            self.floors.append(self.floor(batch, module))
 
 
 def ppo_floor(lm, ref, rm, opt, batch, s, width: int, group: int = 1, values: bool = True) -> dict[str, float]:
@@ -83,13 +121,13 @@ def ppo_floor(lm, ref, rm, opt, batch, s, width: int, group: int = 1, values: bo
     from rlhf_exp.models.value import position_ids, response_positions
     from rlhf_exp.modules.optim import clip_grad_norm
     ids, att = batch["input_ids"].repeat_interleave(group, 0), batch["attention_mask"].repeat_interleave(group, 0)
-    params = opt.param_groups[0]["params"]
-    t0 = time.perf_counter()
+    params, dev = opt.param_groups[0]["params"], ids.device
+    t0 = now(dev)
     with torch.no_grad():
         out = lm.generate(input_ids=ids, attention_mask=att, max_new_tokens=width, min_new_tokens=width,
                           do_sample=True, temperature=s.temperature, top_k=0, top_p=1.0, use_cache=True,
                           pad_token_id=rm.config.pad_token_id, eos_token_id=lm.config.eos_token_id)
-    t1 = time.perf_counter()
+    t1 = now(dev)
     full_att = torch.cat([att, torch.ones_like(out[:, ids.shape[1]:])], dim=1)
     pos = position_ids(full_att)
     kw = dict(attention_mask=full_att, position_ids=pos, logits_to_keep=response_positions(out, width),
@@ -98,7 +136,7 @@ def ppo_floor(lm, ref, rm, opt, batch, s, width: int, group: int = 1, values: bo
         lm(input_ids=out, output_hidden_states=values, **kw)     # old log-probs (and values)
         ref(input_ids=out, **kw)                                  # reference log-probs
         rm(input_ids=out, attention_mask=full_att, position_ids=pos)  # scores
-    t2 = time.perf_counter()
+    t2 = now(dev)
     size = -(-len(out) // s.minibatches)
     step_s = 0.0  # gradient clipping and optimizer steps, also reported apart
     for _ in range(s.ppo_epochs):
@@ -106,12 +144,12 @@ def ppo_floor(lm, ref, rm, opt, batch, s, width: int, group: int = 1, values: bo
             logits = lm(input_ids=out[rows], output_hidden_states=values,
                         **{**kw, "attention_mask": full_att[rows], "position_ids": pos[rows]}).logits
             logprobs_from_logits(logits, out[rows, -width:]).mean().backward()  # log p of the sampled tokens
-            t = time.perf_counter()
+            t = now(dev)
             clip_grad_norm(params, s.max_grad_norm)  # as the module clips
             opt.step()
             opt.zero_grad()
-            step_s += time.perf_counter() - t
-    t3 = time.perf_counter()
+            step_s += now(dev) - t
+    t3 = now(dev)
     return {"step": t3 - t0, "generate": t1 - t0, "rollout": t2 - t0, "update": t3 - t2, "optimizer": step_s}
 
 
@@ -125,6 +163,7 @@ def bench_ppo(args) -> dict:
     from rlhf_exp.modules.grpo import GroupModule
     from rlhf_exp.modules.ppo import PPOModule
     pl.seed_everything(0, verbose=False)
+    dev = device(args)
     tokenizer, lm, rm = models(args)
     group = args.group_size if args.bench != "ppo" else 1
     s = option("algorithm", args.bench, batch_size=args.batch, max_new_tokens=args.resp_len, ppo_epochs=args.ppo_epochs,
@@ -137,16 +176,16 @@ def bench_ppo(args) -> dict:
         reward.loaded  # noqa: B018 -- load before timing
         prompts = World(0, 0.2).train_prompts
         dm = PromptDataModule(prompts, tokenizer, s.batch_size // group, seed=0)
-        floor_lm = copy.deepcopy(lm).eval()
+        floor_lm = copy.deepcopy(lm).eval().to(dev)
         trained = [p for p in floor_lm.parameters() if p.requires_grad]
-        floor_models = (floor_lm, reference(floor_lm), copy.deepcopy(rm).eval(),
+        floor_models = (floor_lm, reference(floor_lm).to(dev), copy.deepcopy(rm).eval().to(dev),
                         adamw(trained, lr=s.lr, eps=1e-5)["optimizer"])  # built once, as the module's
         module = PPOModule(ActorCritic(lm), reference(lm), tokenizer, reward, s) if group == 1 else \
             GroupModule(lm, reference(lm), tokenizer, reward, s)
         timer = Interleaved(lambda batch, m: ppo_floor(*floor_models, batch, s, m.timings[-1]["width"], group,
-                                                       values=group == 1))
+                                                       values=group == 1), args)
         trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, accelerator="cpu", callbacks=[timer])
+                             enable_model_summary=False, callbacks=[timer], **trainer_args(args))
         trainer.fit(module, datamodule=dm)
     floors = timer.floors[args.warmup:]
     measured = module.timings[args.warmup:]
@@ -173,7 +212,8 @@ def dpo_floor(lm, opt, batch) -> float:
     """The bare work of one DPO step: a forward of chosen and rejected rows (logits at the positions
     that predict completion tokens, as the step computes them), their log-probs, a backward, an
     optimizer step."""
-    t0 = time.perf_counter()
+    dev = batch["input_ids"].device
+    t0 = now(dev)
     keep = torch.zeros_like(batch["labels"], dtype=torch.bool)  # the same positions as the step's
     keep[:, :-1] = batch["labels"][:, 1:] != -100
     logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep,
@@ -181,7 +221,7 @@ def dpo_floor(lm, opt, batch) -> float:
     logprobs_from_logits(logits, batch["labels"][:, 1:][keep[:, :-1]]).sum().backward()  # log p of the completion
     opt.step()
     opt.zero_grad()
-    return time.perf_counter() - t0
+    return now(dev) - t0
 
 
 def bench_dpo(args) -> dict:
@@ -189,6 +229,7 @@ def bench_dpo(args) -> dict:
     from rlhf_exp.modules.dpo import DPOModule, cache_reference_logps
     from rlhf_exp.modules.optim import adamw
     pl.seed_everything(0, verbose=False)
+    dev = device(args)
     tokenizer, lm, _ = models(args)
     s = option("algorithm", "dpo", batch_size=args.batch, max_len=args.seq_len, epochs=1, warmup_steps=0,
                            val_fraction=0.0)
@@ -204,11 +245,11 @@ def bench_dpo(args) -> dict:
         rows.append({"prompt": str(i), "chosen": encoded(prompt), "rejected": encoded(prompt)})
     collate = pair_rows_collate(tokenizer.pad_token_id)
     cache_reference_logps(lm, rows, collate)  # once, before training, as the stage does
-    floor_lm = copy.deepcopy(lm).eval()
+    floor_lm = copy.deepcopy(lm).eval().to(dev)
     floor_opt = adamw([p for p in floor_lm.parameters() if p.requires_grad], lr=1e-6)["optimizer"]
-    timer = Interleaved(lambda batch, m: {"step": dpo_floor(floor_lm, floor_opt, batch)})
+    timer = Interleaved(lambda batch, m: {"step": dpo_floor(floor_lm, floor_opt, batch)}, args)
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", limit_val_batches=0, callbacks=[timer])
+                         enable_model_summary=False, limit_val_batches=0, callbacks=[timer], **trainer_args(args))
     trainer.fit(DPOModule(lm, s), datamodule=RowsDataModule(rows, collate, s.batch_size, 0.0, seed=0))
     step = median(timer.steps[args.warmup:])
     floor = median(f["step"] for f in timer.floors[args.warmup:])
@@ -223,25 +264,28 @@ def bench_rollout(args) -> dict:
     from rlhf_exp.models.generation import encode_prompts, generate, left_pad_collate
     from rlhf_exp.models.sampler import rollout_model
     from rlhf_exp.worlds.synthetic import World
+    dev = device(args)
     tokenizer, lm, _ = models(args)
-    lm.eval()
+    lm.eval().to(dev)
     b = left_pad_collate(tokenizer.pad_token_id)(encode_prompts(tokenizer, World(0, 0.2).train_prompts[:args.batch]))
+    b = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
     paths = {name: rollout_model(lm, name) for name in ("policy", "merged")}
     weights = list(paths["merged"]().parameters())  # the plain model's (tied weights once)
 
     def decode(get_model) -> tuple[float, int]:
         torch.manual_seed(0)
-        t0 = time.perf_counter()
-        roll = generate(get_model(), tokenizer, b["input_ids"], b["attention_mask"], max_new_tokens=args.resp_len,
-                        temperature=1.0)
-        return time.perf_counter() - t0, roll.response.shape[1]
+        t0 = now(dev)
+        with autocast(args):
+            roll = generate(get_model(), tokenizer, b["input_ids"], b["attention_mask"], max_new_tokens=args.resp_len,
+                            temperature=1.0)
+        return now(dev) - t0, roll.response.shape[1]
 
     def read_weights() -> float:
-        t0 = time.perf_counter()
+        t0 = now(dev)
         with torch.no_grad():
             for w in weights:
                 w.sum()
-        return time.perf_counter() - t0
+        return now(dev) - t0
     per_step = {name: [] for name in (*paths, "floor")}
     for round_ in range(args.warmup + args.steps):
         for name, get in paths.items():
@@ -300,9 +344,16 @@ def main(argv=None) -> None:
             p.add_argument(name, type=int, default=default, help="tiny model size (without --model)")
         p.add_argument("--model", default=None, help="smollm2, or a model directory (default: the tiny GPT-2)")
         p.add_argument("--lora-r", type=int, default=0, help="LoRA rank of the policy (0: full fine-tuning)")
+        p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where it all runs")
+        p.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true",
+                       help="as trainer.precision: float32, or bfloat16 autocast")
     args = parser.parse_args(argv)
     bench = {"dpo": bench_dpo, "rollout": bench_rollout}.get(args.bench, bench_ppo)
-    print(json.dumps(bench(args)))
+    try:
+        print(json.dumps(bench(args)))
+    except UserError as e:
+        print(f"input error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

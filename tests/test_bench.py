@@ -36,3 +36,30 @@ def test_the_rollout_benchmark_times_each_path_against_the_memory_floor(capsys, 
             3 / out[f"{path}_ms_per_step"] * 1000, rel=0.01)
     assert out["speedup_merged"] == pytest.approx(out["policy_ms_per_step"] / out["merged_ms_per_step"], rel=0.01)
     assert out["merged_over_floor"] == pytest.approx(out["merged_ms_per_step"] / out["floor_ms_per_step"], rel=0.01)
+
+
+def test_a_benchmark_on_a_missing_gpu_is_refused_by_name(capsys, cache_dir, monkeypatch):
+    """`--device cuda` where torch sees no GPU stops before any work, naming the option (exit 2)."""
+    monkeypatch.setenv("RLHF_EXP_CACHE", str(cache_dir))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        main(["dpo", "--device", "cuda", "--steps", "1", "--warmup", "0"])
+    assert stop.value.code == 2 and "--device cuda" in capsys.readouterr().err
+
+
+def test_the_benchmark_runs_under_bfloat16_autocast(capsys, cache_dir, monkeypatch):
+    """`--precision bf16-mixed` trains in the Trainer's bf16 plugin and says so in its figures."""
+    import pytorch_lightning as pl
+    plugins, Trainer = [], pl.Trainer
+
+    def recorded(*a, **kw):
+        trainer = Trainer(*a, **kw)
+        plugins.append(type(trainer.precision_plugin).__name__)
+        return trainer
+    monkeypatch.setenv("RLHF_EXP_CACHE", str(cache_dir))
+    monkeypatch.setattr("rlhf_exp.bench.pl.Trainer", recorded)
+    main(["dpo", "--precision", "bf16-mixed", "--seq-len", "16", "--batch", "4", "--steps", "2", "--warmup", "1",
+          "--n-layer", "1", "--n-embd", "32"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["precision"] == "bf16-mixed" and out["device"] == "cpu" and out["median_step_s"] > 0
+    assert plugins == ["MixedPrecision"]  # Lightning's autocast plugin, bfloat16 on a CPU

@@ -97,7 +97,8 @@ def test_default_pipeline_runs_every_stage_as_nested_runs(cli, tmp_path, core_py
     ev = children["eval"].data.metrics
     keys = ["eval/reward/ref", "eval/reward/policy", "eval/gold/ref", "eval/gold/policy",
             "eval/toxicity/ref", "eval/toxicity/policy", "eval/kl/policy_ref", "eval/win_rate",
-            "eval/reward/bon", "eval/gold/bon", "eval/toxicity/bon", "eval/kl/bon_ref", "eval/kl/bon_bound"]
+            "eval/reward/bon", "eval/gold/bon", "eval/toxicity/bon", "eval/kl/bon_ref", "eval/kl/bon_bound",
+            "eval/reward/ref_se", "eval/reward/policy_se", "eval/kl/policy_ref_se", "eval/win_rate_se"]
     assert set(keys) <= set(ev) and 0 <= ev["eval/win_rate"] <= 1
     # best-of-2 (smoke): the reward model picks, so its reward beats the reference's; KL within the bound
     assert ev["eval/reward/bon"] > ev["eval/reward/ref"]
@@ -340,3 +341,22 @@ def test_a_diverging_run_stops_with_a_named_error_and_saves_no_policy(cli, tmp_p
     assert not (tmp_path / "outputs/run/policy").exists()
     _, runs = mlflow_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FAILED"] and "diverged" in runs[0].data.tags["error"]
+
+
+def test_kto_is_one_override_away_and_trains_on_thumbs(cli, tmp_path, base):
+    proc = cli("experiment=smoke", "algorithm=kto", "reuse=outputs/base")
+    client, runs = mlflow_runs(tmp_path)
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "pipeline"}
+    assert list(children) == ["align", "eval"] and all(r.info.status == "FINISHED" for r in runs)
+    align = children["align"]
+    assert align.data.tags["algorithm"] == "kto" and align.data.params["algorithm.beta"] == "0.5"
+    thumbs = read_jsonl(base / "thumbs.jsonl")
+    ups = sum(t["label"] for t in thumbs)
+    assert align.data.metrics["kto/data/desirable"] == ups and align.data.metrics["kto/data/undesirable"] == len(thumbs) - ups
+    assert {"kto/train/loss", "kto/train/kl", "kto/rewards/desirable", "kto/rewards/undesirable",
+            "kto/val/loss"} <= set(align.data.metrics)
+    assert align.data.metrics["kto/train/kl"] >= 0  # z₀ is clamped at 0
+    assert {"eval/gold/policy", "eval/win_rate", "eval/kl/policy_ref"} <= set(children["eval"].data.metrics)
+    from transformers import AutoModelForCausalLM
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "outputs/run/policy").config.n_embd == 32
+    assert "align (kto, beta 0.5" in proc.stdout

@@ -57,3 +57,37 @@ def test_runs_are_labelled_by_what_varies_across_them():
     twins = [job("1111aaaa99", params={"algorithm.clip_eps": "0.1"}), job("2222bbbb99", params={"algorithm.clip_eps": "0.1"})]
     assert run_labels(twins, ["algorithm.clip_eps"]) == {"1111aaaa99": "clip_eps=0.1 (1111aaaa)",
                                                           "2222bbbb99": "clip_eps=0.1 (2222bbbb)"}
+
+
+def test_runs_that_differ_in_seed_are_aggregated_with_their_standard_errors():
+    from rlhf_exp.tracking.compare import over_seeds
+    jobs = [job("a", params={"seed": "0", "algorithm.beta": "0.1"}, eval__gold__policy=0.2),
+            job("b", params={"seed": "1", "algorithm.beta": "0.1"}, eval__gold__policy=0.4),
+            job("c", params={"seed": "2", "algorithm.beta": "0.1"}, eval__gold__policy=0.9),
+            job("d", params={"seed": "0", "algorithm.beta": "0.5"}, eval__gold__policy=0.3)]
+    table = over_seeds(jobs, ["algorithm.beta", "seed"], "eval/gold/policy")
+    rows = table.splitlines()
+    assert rows[0] == "| algorithm | algorithm.beta | n | eval/gold/policy |"
+    # beta 0.1: mean 0.5, sample variance ((0.3)² + (0.1)² + (0.4)²) / 2 = 0.13, SE = sqrt(0.13 / 3) = 0.208
+    assert rows[2] == "| ppo | 0.1 | 3 | 0.500 ± 0.208 |"
+    assert rows[3] == "| ppo | 0.5 | 1 | 0.300 |"  # one seed: no standard error
+    assert over_seeds(jobs, ["algorithm.beta"], "eval/gold/policy") is None  # no seed swept
+
+
+def test_frontier_points_by_hand():
+    from rlhf_exp.tracking.frontier import frontier_points, frontier_table
+    jobs = [job("a", "ppo", {"seed": "0", "algorithm.kl_coef": "0.1", "eval.best_of_n": "4"}, eval__kl__policy_ref=2.0,
+                eval__gold__policy=0.2, eval__kl__bon_ref=0.6, eval__gold__bon=0.3),
+            job("b", "ppo", {"seed": "1", "algorithm.kl_coef": "0.1", "eval.best_of_n": "4"}, eval__kl__policy_ref=4.0,
+                eval__gold__policy=0.4, eval__kl__bon_ref=0.6, eval__gold__bon=0.5),
+            job("c", "dpo", {"seed": "0", "algorithm.beta": "0.5", "eval.best_of_n": "4"}, eval__kl__policy_ref=1.0,
+                eval__gold__policy=0.1, eval__kl__bon_ref=0.6, eval__gold__bon=0.3)]  # seed 0's best-of-4 again
+    points = {(p.method, p.setting): p for p in frontier_points(jobs)}
+    assert set(points) == {("ppo", "0.1"), ("dpo", "0.5"), ("best-of-n", "4")}
+    ppo = points[("ppo", "0.1")]
+    # two seeds: KL 3 ± 1 (sample std √2 / √2), gold 0.3 ± 0.1
+    assert ppo.n == 2 and ppo.kl == pytest.approx((3.0, 1.0)) and ppo.score == pytest.approx((0.3, 0.1))
+    bon = points[("best-of-n", "4")]
+    assert bon.n == 2 and bon.score == pytest.approx((0.4, 0.1))  # one value per seed, not per run
+    assert points[("dpo", "0.5")].n == 1 and math.isnan(points[("dpo", "0.5")].score[1])
+    assert "| ppo | 0.1 | 2 | 3.000 ± 1.000 | 0.300 ± 0.100 |" in frontier_table(list(points.values()), "gold")

@@ -380,8 +380,9 @@ def test_collect_settings_reach_the_sampler(tmp_path, policy_dir, monkeypatch):
 
 
 def test_eval_settings_reach_the_sampler(tmp_path, policy_dir, monkeypatch):
+    import rlhf_exp.modules.rollout as rollout
     import rlhf_exp.stages.eval as eval_stage
-    gen = spy(monkeypatch, eval_stage, "generate")
+    gen = spy(monkeypatch, rollout, "generate")  # eval samples through modules/rollout.sample_rollouts
     ratio, bound = spy(monkeypatch, eval_stage, "best_of_n_log_ratio"), spy(monkeypatch, eval_stage, "best_of_n_kl_bound")
     ctx = stage_context(tmp_path, f"eval.policy={policy_dir}", f"eval.reference={policy_dir}", "reward=gold",
                         "eval.temperature=0.6", "eval.max_new_tokens=4", "eval.batch_size=5",
@@ -476,3 +477,28 @@ def test_every_stage_checkpoint_setting_reaches_its_trainer_and_its_resume_check
     ctx = stage_context(tmp_path, *extra, *inputs, f"{node}.ckpt_path=missing.ckpt")
     with pytest.raises(UserError, match=f"{node}.ckpt_path = missing.ckpt: no such file"):
         run(ctx)
+
+
+def test_every_kto_knob_reaches_the_math(tiny, monkeypatch):
+    import rlhf_exp.modules.kto as kto_module
+    from rlhf_exp.feedback.formats import Binary
+    from rlhf_exp.modules.dpo import cache_reference_logps, pair_refs
+    spec, tok = tiny
+    s = settings("algorithm", "kto", beta=0.37, desirable_weight=1.3, undesirable_weight=0.7, lr=2.3e-4,
+                 warmup_steps=7, batch_size=3, val_fraction=0.0)
+    loss, point = spy(monkeypatch, kto_module, "kto_loss"), spy(monkeypatch, kto_module, "kto_reference_point")
+    thumbs = [Binary(p.prompt, c, label) for p in PAIRS for c, label in ((p.chosen, 1), (p.rejected, 0))]
+    lm = spec.causal_lm(tok)
+    rows, collate = kto_module.encode_thumbs(tok, thumbs, s.max_len), kto_module.thumbs_rows_collate(tok.pad_token_id)
+    cache_reference_logps(lm, rows, collate, refs=pair_refs)
+    module = kto_module.KTOModule(lm, s)
+    trainer(max_steps=1, limit_val_batches=0).fit(module, datamodule=RowsDataModule(rows, collate, s.batch_size, 0.0, 0))
+    call = loss.calls[0]
+    assert (call["beta"], call["desirable_weight"], call["undesirable_weight"]) == (0.37, 1.3, 0.7)
+    assert len(call["policy_logps"]) == 3 and len(point.calls[0]["policy_kl_logps"]) == 3  # batch_size thumbs
+    kl = point.calls[0]
+    assert torch.allclose(call["z0"], (kl["policy_kl_logps"] - kl["ref_kl_logps"]).mean().clamp(min=0))  # z₀ of the
+    assert not torch.equal(kl["policy_kl_logps"], call["policy_logps"])  # mismatched rows, not the thumbs' own
+    opt = module.optimizers().optimizer
+    assert opt.param_groups[0]["initial_lr"] == 2.3e-4
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.3e-4 * 2 / 7)  # warm-up: step 2 of 7 after one step

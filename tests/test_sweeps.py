@@ -121,3 +121,27 @@ def test_a_launched_sweep_records_every_job_and_names_the_failed_one(cli, tmp_pa
     assert sorted(by_job) == ["0", "1"] and by_job["0"].info.status == "FINISHED"
     assert by_job["0"].data.metrics["prepare/data/pairs"] == 1 and by_job["1"].info.status == "FAILED"
     assert (tmp_path / "outputs/sweep/0/pairs.jsonl").is_file() and (tmp_path / "outputs/sweep/1/FAILED").is_file()
+
+
+def test_the_frontier_sweep_draws_every_method_over_seeds(cli, tmp_path, base):
+    """sweeps/frontier.yaml at smoke size, two of its points × two seeds: every method's points (PPO,
+    DPO and the best-of-n of each run's eval) with n = 2 seeds each, the plot and the table written."""
+    cli("-m", f"--config-dir={ROOT / 'sweeps'}", "--config-name=frontier", "experiment=smoke", "reuse=outputs/base",
+        "frontier=ppo1,dpo2", "seed=0,1", "hydra.sweep.dir=outputs/frontier")
+    client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    runs = pipeline_runs(client, sweep_id="outputs/frontier")
+    assert sorted((r.data.tags["algorithm"], r.data.params["seed"]) for r in runs) == [
+        ("dpo", "0"), ("dpo", "1"), ("ppo", "0"), ("ppo", "1")]
+    assert {r.data.params.get("algorithm.kl_coef") or r.data.params["algorithm.beta"] for r in runs} == {"0.5", "1.0"}
+    out = subprocess.run([sys.executable, "-m", "rlhf_exp.tracking.compare", "--sweep", "outputs/frontier",
+                          "--tracking-uri", f"sqlite:///{tmp_path}/outputs/mlflow.db", "--out", str(tmp_path / "fr")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = (tmp_path / "fr/compare.md").read_text()
+    section = report.split("## Frontier")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "method" not in line]
+    assert sorted((r.split(" | ")[0][2:], r.split(" | ")[1], r.split(" | ")[2]) for r in rows) == [
+        ("best-of-n", "2", "2"), ("best-of-n", "4", "2"), ("dpo", "1.0", "2"), ("ppo", "0.5", "2")]
+    assert all(" ± " in r for r in rows)  # two seeds: a standard error on every point
+    assert "## Over seeds" in report  # compare's own table, aggregated over the seeds
+    assert (tmp_path / "fr/frontier_gold_vs_kl.png").read_bytes()[:4] == b"\x89PNG"

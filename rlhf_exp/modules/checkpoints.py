@@ -91,6 +91,8 @@ def check_resume(s, field: str) -> None:
         limits = {"key": "ppo", "max_steps": s.max_steps}
     elif type(s) in ALGORITHMS:
         limits = {"key": ALGORITHMS[type(s)][0], "max_steps": s.max_steps}
+    elif hasattr(s, "max_steps"):  # online DPO: its steps, its own loop state
+        limits = {"key": "online_dpo", "max_steps": s.max_steps}
     else:
         limits = {"max_epochs": s.epochs}
     check_checkpoint(s.ckpt_path, field, **limits)

@@ -16,7 +16,8 @@ from rlhf_exp.distributed import global_mean_loss
 from rlhf_exp.core.ops import logprobs_from_logits
 from rlhf_exp.models.training import adapters_off
 from rlhf_exp.modules.metrics import to_floats
-from rlhf_exp.modules.optim import adamw
+from rlhf_exp.modules.heldout import InLoopEvalSettings
+from rlhf_exp.modules.optim import adamw, fused_allowed
 
 
 def completion_logps(lm, batch) -> torch.Tensor:
@@ -34,7 +35,7 @@ def completion_logps(lm, batch) -> torch.Tensor:
 
 
 @schema
-class DPOSettings:
+class DPOSettings(InLoopEvalSettings):
     """DPO's hyperparameters, `algorithm=dpo` (conf/algorithm/dpo.yaml gives each its default and meaning)."""
     policy: str | None           # policy to align; null = this pipeline's sft/, else the model group
     pairs: str | None            # pairs.jsonl; null = this pipeline's prepare output
@@ -128,4 +129,4 @@ class DPOModule(pl.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        return adamw(self.policy.parameters(), lr=self.s.lr, warmup_steps=self.s.warmup_steps)
+        return adamw(self.policy.parameters(), lr=self.s.lr, warmup_steps=self.s.warmup_steps, fused=fused_allowed(self))

@@ -26,6 +26,7 @@ from rlhf_exp.core.ppo import policy_loss
 from rlhf_exp.distributed import world_size
 from rlhf_exp.models.sampler import rollout_model
 from rlhf_exp.models.value import response_logits
+from rlhf_exp.modules.heldout import InLoopEvalSettings
 from rlhf_exp.modules.optim import adamw
 from rlhf_exp.modules.pg import (check_first_minibatch, kl_controller, load_loop_state, log_iteration, loop_state,
                                  sample_rows, sample_scored, stop_reason, update_epochs)
@@ -35,7 +36,7 @@ Aggregation = Literal[AGGREGATIONS]
 
 
 @schema
-class _GroupSettings:
+class _GroupSettings(InLoopEvalSettings):
     """What GRPO and RLOO share (each algorithm's YAML gives every default and meaning)."""
     policy: str | None
     ckpt_path: str | None

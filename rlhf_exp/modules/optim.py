@@ -22,6 +22,14 @@ def adamw(params, *, lr: float, weight_decay: float = 0.0, eps: float = 1e-8, fu
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def fused_allowed(module) -> bool:
+    """Whether a LightningModule may use the fused AdamW: not under a mixed-precision plugin
+    (`trainer.precision` bf16-mixed or 16-mixed), which refuses to clip gradients around an optimizer
+    that unscales inside its step, bfloat16 included (found by the GPU check's CPU fallback)."""
+    trainer = getattr(module, "_trainer", None)
+    return trainer is None or not str(trainer.precision).endswith("-mixed")
+
+
 def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     """Scale the gradients to a global norm of at most `max_norm`, only when above it (a multiply
     over every gradient costs as much as the optimizer step). Returns the norm."""

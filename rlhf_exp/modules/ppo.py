@@ -20,6 +20,7 @@ from rlhf_exp.core.ops import entropy_from_logits, logprobs_from_logits, masked_
 from rlhf_exp.core.ppo import gae, policy_loss, shape_rewards, total_loss, value_loss
 from rlhf_exp.distributed import masked_moments, world_size
 from rlhf_exp.models.sampler import rollout_model
+from rlhf_exp.modules.heldout import InLoopEvalSettings
 from rlhf_exp.modules.optim import adamw
 from rlhf_exp.modules.pg import (InvariantError, check_first_minibatch, kl_controller, load_loop_state,  # noqa: F401
                                  log_iteration, loop_state, sample_rows, sample_scored, stop_reason, update_epochs)
@@ -27,7 +28,7 @@ from rlhf_exp.modules.rollout import Experience, rollout_logprobs
 
 
 @schema
-class PPOSettings:
+class PPOSettings(InLoopEvalSettings):
     """PPO's hyperparameters, `algorithm=ppo` (conf/algorithm/ppo.yaml gives each its default and meaning)."""
     policy: str | None                         # policy to align; null = this pipeline's sft/, else the model group
     ckpt_path: str | None                      # a Lightning checkpoint to resume from

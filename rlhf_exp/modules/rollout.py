@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from rlhf_exp.core.ops import logprobs_from_logits
-from rlhf_exp.models.generation import Rollout
+from rlhf_exp.models.generation import Rollout, encode_prompts, generate, left_pad_collate
 from rlhf_exp.models.value import response_logits
 
 
@@ -40,3 +40,18 @@ def rollout_logprobs(lm, rollout: Rollout, temperature: float) -> torch.Tensor:
     sampling temperature: (B, T)."""
     logits, _ = response_logits(lm, rollout.input_ids, rollout.attention_mask, rollout.n_response, temperature)
     return logprobs_from_logits(logits, rollout.response)
+
+
+def sample_rollouts(lm, tokenizer, prompts: list, batch_size: int, max_new_tokens: int, temperature: float):
+    """Responses to each prompt (one per row), `batch_size` rows per generate call, as Rollouts."""
+    rows, collate = encode_prompts(tokenizer, prompts), left_pad_collate(tokenizer.pad_token_id)
+    for i in range(0, len(rows), batch_size):
+        b = collate(rows[i:i + batch_size])
+        yield generate(lm, tokenizer, b["input_ids"].to(lm.device), b["attention_mask"].to(lm.device),
+                       max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+def sequence_kl(policy, ref, rollout: Rollout, temperature: float) -> list[float]:
+    """Σ_t log π(y_t) − log π_ref(y_t) over each of the policy's own responses (EOS included)."""
+    diff = rollout_logprobs(policy, rollout, temperature) - rollout_logprobs(ref, rollout, temperature)
+    return (diff * rollout.mask).sum(1).tolist()

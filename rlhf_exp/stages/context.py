@@ -96,6 +96,24 @@ class StageContext:
         tracked = WithGold(reward, self.built["data"].gold_scores)
         return tracked, (LogGold(tracked, prefix),)
 
+    def heldout_eval(self, prefix: str, s, lm, ref, tokenizer, reward=None) -> tuple:
+        """The callbacks of align's held-out evaluation (`algorithm.eval_every`, modules/heldout.py):
+        none when it is off. `reward` scores the answers (default: the `reward` group's source);
+        sampling as `stage=eval` samples (the eval group's batch size, length and temperature)."""
+        if not s.eval_every:
+            return ()
+        from rlhf_exp.config import ConfigError
+        from rlhf_exp.modules.heldout import HeldoutEval
+        data = self.built["data"]
+        if s.stop_on == "gold" and not data.simulated:
+            raise ConfigError("algorithm.stop_on = 'gold': this data source has no gold scorer (only the simulated "
+                              "worlds have one); expected algorithm.stop_on=reward or null")
+        prompts = (data.heldout_prompts() or data.train_prompts())[:s.eval_prompts]
+        e = self.built["eval"]
+        return (HeldoutEval(prefix, s, lm, ref, tokenizer, prompts, reward or self.reward_source(),
+                            data.eval_measures if data.simulated else None,
+                            (e.batch_size, e.max_new_tokens, e.temperature), self.cfg.seed, self.run.log_metrics),)
+
     def save_pretrained(self, name: str, dirname: str, model, tokenizer) -> Path:
         """Save a model and its tokenizer with save_pretrained to run_dir/dirname (a LoRA model: merged
         there, and its adapter in dirname_adapter/); record it as `name`. In a DDP run rank 0 writes

@@ -21,8 +21,8 @@ from pydantic import Field
 
 from rlhf_exp.config import schema
 from rlhf_exp.core.bon import best_of_n_kl_bound, best_of_n_log_ratio, mass_below
-from rlhf_exp.models.generation import encode_prompts, generate, left_pad_collate
-from rlhf_exp.modules.rollout import rollout_logprobs
+from rlhf_exp.core.stats import mean_se
+from rlhf_exp.modules.rollout import rollout_logprobs, sample_rollouts, sequence_kl
 from rlhf_exp.stages.context import StageContext
 
 
@@ -38,21 +38,6 @@ class EvalSettings:
     best_of_n: Annotated[int, Field(ge=2)] | None  # n of the best-of-n reference policy (null = not reported)
 
 
-def sample_rollouts(lm, tokenizer, prompts: list[str], s: EvalSettings):
-    """Responses to each prompt (one per row), `batch_size` rows per generate call, as Rollouts."""
-    rows, collate = encode_prompts(tokenizer, prompts), left_pad_collate(tokenizer.pad_token_id)
-    for i in range(0, len(rows), s.batch_size):
-        b = collate(rows[i:i + s.batch_size])
-        yield generate(lm, tokenizer, b["input_ids"].to(lm.device), b["attention_mask"].to(lm.device),
-                       max_new_tokens=s.max_new_tokens, temperature=s.temperature)
-
-
-def sequence_kl(policy, ref, rollout, temperature: float) -> list[float]:
-    """Σ_t log π(y_t) − log π_ref(y_t) over each of the policy's own responses (EOS included)."""
-    diff = rollout_logprobs(policy, rollout, temperature) - rollout_logprobs(ref, rollout, temperature)
-    return (diff * rollout.mask).sum(1).tolist()
-
-
 def best_of_n(ref, tokenizer, reward, prompts: list, s: EvalSettings) -> tuple[list[str], list[float], float]:
     """The best-of-n policy of the reference: for each prompt, `samples_per_prompt` times, n samples of
     the reference of which the reward keeps the highest (the first of equals). Returns the kept texts
@@ -65,7 +50,7 @@ def best_of_n(ref, tokenizer, reward, prompts: list, s: EvalSettings) -> tuple[l
     n, k = s.best_of_n, s.samples_per_prompt
     flat = [p for p in prompts for _ in range(k * n)]
     texts, logps = [], []
-    for r in sample_rollouts(ref, tokenizer, flat, s):
+    for r in sample_rollouts(ref, tokenizer, flat, s.batch_size, s.max_new_tokens, s.temperature):
         texts += r.texts
         logps += (rollout_logprobs(ref, r, s.temperature).double() * r.mask).sum(1).tolist()
     scores = reward.score(flat, texts).tolist()
@@ -86,16 +71,6 @@ def best_of_n(ref, tokenizer, reward, prompts: list, s: EvalSettings) -> tuple[l
     kl = best_of_n_log_ratio(below, f64(mass), n)
     # the bound is a theorem; a small pool's estimate can overshoot it (ranks are coarse)
     return [texts[i] for i in kept], [scores[i] for i in kept], min(float(kl.mean()), best_of_n_kl_bound(n))
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """The mean of the values that are not NaN and its standard error (sample std / √n)."""
-    kept = [v for v in values if not math.isnan(v)]
-    if not kept:
-        return float("nan"), float("nan")
-    m = sum(kept) / len(kept)
-    se = math.sqrt(sum((v - m) ** 2 for v in kept) / (len(kept) - 1) / len(kept)) if len(kept) > 1 else float("nan")
-    return m, se
 
 
 def reward_plot(path, scores: dict[str, dict[str, list[float]]]) -> None:
@@ -142,9 +117,9 @@ def run(ctx: StageContext) -> None:
     policy, ref = policy_spec.causal_lm(tokenizer).to(device), ref_spec.causal_lm(tokenizer).to(device)
     flat_prompts = [p for p in prompts for _ in range(s.samples_per_prompt)]
     texts, kl = {"ref": [], "policy": []}, []
-    for r in sample_rollouts(ref, tokenizer, flat_prompts, s):
+    for r in sample_rollouts(ref, tokenizer, flat_prompts, s.batch_size, s.max_new_tokens, s.temperature):
         texts["ref"] += r.texts
-    for r in sample_rollouts(policy, tokenizer, flat_prompts, s):
+    for r in sample_rollouts(policy, tokenizer, flat_prompts, s.batch_size, s.max_new_tokens, s.temperature):
         texts["policy"] += r.texts
         kl += sequence_kl(policy, ref, r, s.temperature)
 
@@ -157,8 +132,9 @@ def run(ctx: StageContext) -> None:
         texts["bon"], rewards["bon"], metrics["eval/kl/bon_ref"] = best_of_n(ref, tokenizer, reward, prompts, s)
         metrics["eval/kl/bon_bound"] = best_of_n_kl_bound(s.best_of_n)
     wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards["policy"], rewards["ref"])]
-    metrics.update({f"eval/reward/{k}": mean(v) for k, v in rewards.items()})
-    metrics.update({"eval/kl/policy_ref": mean(kl), "eval/win_rate": mean(wins)})
+    for key, values in [*((f"eval/reward/{k}", v) for k, v in rewards.items()),
+                        ("eval/kl/policy_ref", kl), ("eval/win_rate", wins)]:
+        metrics[key], metrics[f"{key}_se"] = mean_se(values)  # each mean with its standard error
     names = {"ref": "reference", "policy": "aligned", "bon": f"best-of-{s.best_of_n}"}
     plotted = {"reward": {names[k]: v for k, v in rewards.items()}}
     if data.simulated:  # the world's own measures: gold (or judge) score, toxicity, refusals, ...
@@ -193,8 +169,8 @@ def summary_table(metrics: dict[str, float]) -> str:
     lines = [f"{'':12}" + "".join(f" {title:>16}" for _, title in cols)]
     lines += [f"{name:12}" + "".join(f" {cell(f'{key}/{c}'):>16}" for c, _ in cols)
               for name, key in rows if f"{key}/ref" in metrics]
-    lines.append(f"KL(aligned ‖ reference) {metrics['eval/kl/policy_ref']:.2f} nats per response; "
-                 f"win rate (reward model) {metrics['eval/win_rate']:.2f}")
+    lines.append(f"KL(aligned ‖ reference) {cell('eval/kl/policy_ref')} nats per response; "
+                 f"win rate (reward model) {cell('eval/win_rate')}")
     if "eval/kl/bon_ref" in metrics:
         lines.append(f"KL(best-of-n ‖ reference) {metrics['eval/kl/bon_ref']:.2f} nats estimated "
                      f"(bound log n − (n−1)/n = {metrics['eval/kl/bon_bound']:.2f})")

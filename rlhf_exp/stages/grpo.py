@@ -21,12 +21,15 @@ def run(ctx: StageContext, s: GRPOSettings | RLOOSettings) -> None:
     spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
     tokenizer = spec.tokenizer()
     lm = spec.trainable(spec.causal_lm(tokenizer))   # LoRA adapters when model.lora_r > 0
-    reward, gold_callbacks = ctx.rollout_reward(ALGORITHMS[type(s)][0])  # in a simulated world, the gold of each iteration's rollouts too
-    module = GroupModule(lm, reference(lm), tokenizer, reward, s, seed=ctx.cfg.seed)
+    prefix = ALGORITHMS[type(s)][0]
+    reward, gold_callbacks = ctx.rollout_reward(prefix)  # in a simulated world, the gold of each iteration's rollouts too
+    ref = reference(lm)                                  # with LoRA: the same network, adapters off
+    module = GroupModule(lm, ref, tokenizer, reward, s, seed=ctx.cfg.seed)
+    heldout = ctx.heldout_eval(prefix, s, lm, ref, tokenizer, getattr(reward, "reward", reward))  # eval_every
     # each batch: batch_size / group_size prompts (shared by the ranks), each answered group_size times
     dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size // s.group_size, ctx.cfg.seed)
     # manual optimisation clips its own gradients (algorithm.max_grad_norm); log every iteration
-    trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, callbacks=gold_callbacks, max_epochs=-1,
+    trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, callbacks=(*gold_callbacks, *heldout), max_epochs=-1,
                           gradient_clip_val=None, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path, weights_only=True)  # no code runs on load
 

@@ -46,7 +46,8 @@ def run(ctx: StageContext, s: PPOSettings) -> None:
     module = PPOModule(ActorCritic(lm, critic), ref, tokenizer, reward, s, seed=ctx.cfg.seed)
     dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size, ctx.cfg.seed)  # shared by ranks
     # manual optimisation clips its own gradients (algorithm.max_grad_norm); log every iteration
-    trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, callbacks=gold_callbacks, max_epochs=-1,
+    heldout = ctx.heldout_eval("ppo", s, lm, ref, tokenizer, getattr(reward, "reward", reward))  # eval_every
+    trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, callbacks=(*gold_callbacks, *heldout), max_epochs=-1,
                           gradient_clip_val=None, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path, weights_only=True)  # no code runs on load
 

@@ -37,7 +37,9 @@ class Tracking:
     """Opens the tracked runs of one invocation, all with the same tags, params and config."""
 
     def __init__(self, tracker, cfg: DictConfig, tags: dict):
-        self.tracker, self.tags = tracker, dict(tags)
+        from rlhf_exp.tracking.repeatability import repeatability_tags
+        self.tracker = tracker
+        self.tags = {**repeatability_tags(str(cfg.trainer.get("accelerator", "auto"))), **tags}
         self.params = flatten(OmegaConf.to_container(cfg, resolve=True))
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         if commit := git_commit():

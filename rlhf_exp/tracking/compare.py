@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlhf_exp.core.stats import mean_se
+from rlhf_exp.tracking.frontier import frontier_plot, frontier_points, frontier_table, score_key
 from rlhf_exp.tracking.overopt import study
+from rlhf_exp.tracking.repeatability import warning
 
 SHOWN = ["eval/gold/policy", "eval/judge/policy", "eval/reward/policy", "eval/kl/policy_ref", "eval/toxicity/policy",
          "eval/refusal/policy", "eval/truthful/policy", "eval/win_rate"]  # those some run logged (the world decides)
 CURVES = {"ppo": "ppo/reward/score_mean", "dpo": "dpo/rewards/margin", "grpo": "grpo/reward/score_mean",
-          "rloo": "rloo/reward/score_mean"}  # learning curve per algorithm
+          "rloo": "rloo/reward/score_mean", "kto": "kto/train/loss",
+          "online_dpo": "online_dpo/reward/score_mean"}  # learning curve per algorithm
 NOT_SWEPT = ("paths.", "hydra", "logger.", "reuse", "trainer.default_root_dir",
              "model.tokenizer_dir")  # where things are, not knobs
 
@@ -39,6 +44,7 @@ class Job:
     curve: list[tuple[int, float]] = field(default_factory=list)
     gold_curve: list[tuple[int, float]] = field(default_factory=list)  # the world's gold of the same rollouts
     error: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def load_jobs(client, experiment: str, sweep: str | None) -> list[Job]:
@@ -50,7 +56,7 @@ def load_jobs(client, experiment: str, sweep: str | None) -> list[Job]:
     for run in client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"]):
         algorithm = run.data.tags.get("algorithm", "?")
         job = Job(run.info.run_id, run.info.run_name, run.info.status, algorithm, dict(run.data.params),
-                  dict(run.data.metrics), error=run.data.tags.get("error", ""))
+                  dict(run.data.metrics), error=run.data.tags.get("error", ""), tags=dict(run.data.tags))
         children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
         for child in children:
             job.metrics.update(child.data.metrics)
@@ -113,6 +119,35 @@ def table(jobs: list[Job], swept: list[str], metric: str) -> str:
         values = [f"{j.metrics[m]:.3f}" if m in j.metrics else "" for m in metrics]
         lines.append("| " + " | ".join([j.run_id[:8], j.status, j.algorithm,
                                         *[j.params.get(k, "") for k in swept], *values]) + " |")
+    return "\n".join(lines)
+
+
+def over_seeds(jobs: list[Job], swept: list[str], metric: str) -> str | None:
+    """When `seed` is among the swept keys: a Markdown table with one row per setting of the other
+    swept keys (and algorithm), each metric as mean ± standard error over its seeds (sample std / √n)
+    and n, best first by `metric`; None when no seed varies. Only finished runs count."""
+    if "seed" not in swept:
+        return None
+    keys = [k for k in swept if k != "seed"]
+    metrics = [metric] + [m for m in SHOWN if m != metric and any(m in j.metrics for j in jobs)]
+    groups: dict[tuple, list[Job]] = {}
+    for j in jobs:
+        if j.status == "FINISHED":
+            groups.setdefault((j.algorithm, *(j.params.get(k, "") for k in keys)), []).append(j)
+
+    rows = []
+    for setting, members in groups.items():
+        cells = []
+        for m in metrics:
+            values = [j.metrics[m] for j in members if m in j.metrics and not math.isnan(j.metrics[m])]
+            cells.append(mean_se(values) if values else None)
+        rows.append((setting, len(members), cells))
+    rows.sort(key=lambda r: (r[2][0] is None, -(r[2][0][0] if r[2][0] else 0.0)))
+    head = ["algorithm", *keys, "n", *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for setting, n, cells in rows:
+        shown = ["" if c is None else f"{c[0]:.3f}" + ("" if math.isnan(c[1]) else f" ± {c[1]:.3f}") for c in cells]
+        lines.append("| " + " | ".join([*setting, str(n), *shown]) + " |")
     return "\n".join(lines)
 
 
@@ -214,9 +249,24 @@ def main(argv=None) -> None:
     report = [f"# Comparison: experiment `{args.experiment}`" + (f", sweep `{args.sweep}`" if args.sweep else ""),
               "", f"{len(jobs)} runs, sorted by `{args.metric}`; swept: {', '.join(swept) or 'nothing'}.", "",
               text, ""]
+    if seeds := over_seeds(jobs, swept, args.metric):
+        report += ["## Over seeds", "", "Each setting's mean ± standard error over its seeds (n runs).", "", seeds, ""]
+        text += f"\n\nover seeds (mean ± standard error, n):\n{seeds}"
     report += [f"- {j.run_id[:8]} {j.status}: {j.error}" for j in failed if j.error]
+    if caution := warning({j.run_id[:8]: j.tags for j in jobs}):
+        report += ["", f"**{caution}**"]
+        print(caution, file=sys.stderr)
     pngs = plots(jobs, swept, args.metric, out)
     report += ["", *[f"![{p.stem}]({p.name})" for p in pngs], ""]
+    if points := frontier_points(jobs):  # every method's frontier, over seeds
+        score = score_key(jobs)
+        frontier_plot(points, score, out / "frontier_gold_vs_kl.png")
+        pngs.append(out / "frontier_gold_vs_kl.png")
+        table_text = frontier_table(points, score)
+        report += ["## Frontier", "", f"The {score} score against KL to the reference, each setting's mean ± standard "
+                   "error over its seeds (n), a line per method; best-of-n from each run's eval.", "", table_text, "",
+                   "![frontier](frontier_gold_vs_kl.png)", ""]
+        text += f"\n\nfrontier ({score} against KL, mean ± standard error over seeds):\n{table_text}"
     fits = study([j for j in jobs if j.status == "FINISHED"], out / "overoptimization.png")
     if fits:  # enough points for Gao et al.'s forms: the over-optimisation study
         pngs.append(out / "overoptimization.png")
