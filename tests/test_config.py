@@ -13,7 +13,8 @@ GROUPS = ["algorithm", "model", "reward", "data", "trainer", "logger", "paths", 
           "prepare", "reward_model", "eval"]
 REQUIRED = {("model", "hf"): ["model.name_or_path=/tmp/m"],
             ("reward", "classifier"): ["reward.name_or_path=/tmp/c", "reward.positive_label=nothate"],
-            ("trainer", "fsdp"): ["algorithm=dpo", "trainer.accelerator=gpu"]}  # FSDP: SFT, RM, DPO; on GPUs
+            ("trainer", "fsdp"): ["algorithm=dpo", "trainer.accelerator=gpu"],  # FSDP: SFT, RM, DPO; on GPUs
+            ("trainer", "fsdp2"): ["stage=align"]}  # FSDP2: PPO, GRPO, RLOO
 
 
 def options():
@@ -30,7 +31,8 @@ def test_every_group_of_the_design_exists():
 def test_every_option_composes_and_validates(group, option):
     cfg = compose(f"{group}={option}", *REQUIRED.get((group, option), []))
     built = validate_config(cfg)
-    assert built["run"].stage == "pipeline"
+    stage = [o.partition("=")[2] for o in REQUIRED.get((group, option), []) if o.startswith("stage=")]
+    assert built["run"].stage == (stage[0] if stage else "pipeline")
     for name in ("data", "model", "reward", "logger", "algorithm", "sft", "collect", "prepare",
                  "reward_model", "eval"):
         assert not OmegaConf.is_config(built[name]), name  # a settings object, built and checked

@@ -75,14 +75,18 @@ def generate(lm, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     with the KV cache: plain temperature sampling, no top-k, top-p 1 unless asked; greedy when the
     temperature is 0. The generation config is its own, so nothing a checkpoint's
     generation_config.json sets (a repetition penalty, min-p, …) changes the sampler behind the
-    back of the log-probs that PPO computes with logits / temperature."""
+    back of the log-probs that PPO computes with logits / temperature. A sharded model (trainer=fsdp2)
+    generates with `synced_gpus`: every rank steps until every rank is done (models/sharding.py)."""
+    from rlhf_exp.distributed import initialized
+    from rlhf_exp.models.sharding import is_sharded
     sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p) if temperature > 0 \
         else dict(do_sample=False)
     config = GenerationConfig(**sampling, max_new_tokens=max_new_tokens, use_cache=True,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     if n > 1:  # as num_return_sequences does, so greedy decoding may repeat a prompt too
         prompt_ids, prompt_mask = prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0)
-    out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    out = lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
+                      synced_gpus=is_sharded(lm) and initialized())
     response = out[:, prompt_ids.shape[1]:]                                # (B·n, T)
     mask, has_eos = response_mask(response, tokenizer.eos_token_id)
     kept = torch.where(mask.bool(), response, tokenizer.pad_token_id)

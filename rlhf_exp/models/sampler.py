@@ -17,6 +17,7 @@ import copy
 
 import torch
 
+from rlhf_exp.models.sharding import is_sharded
 from rlhf_exp.models.training import is_adapted
 
 
@@ -54,8 +55,9 @@ class MergedSampler:
 
 def rollout_model(lm, rollout: str):
     """A callable returning the model to sample the next rollout with: the policy itself, or its
-    merged copy refreshed (`rollout` = 'merged' with a LoRA policy)."""
-    if rollout == "merged" and is_adapted(lm):
+    merged copy refreshed (`rollout` = 'merged' with a LoRA policy). A sharded policy (trainer=fsdp2)
+    samples itself: a merged copy would hold the whole model on each device."""
+    if rollout == "merged" and is_adapted(lm) and not is_sharded(lm):
         return MergedSampler(lm).refresh
     if rollout not in ("policy", "merged"):
         raise ValueError(f"algorithm.rollout = {rollout!r}: expected 'policy' or 'merged'")

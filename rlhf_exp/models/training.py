@@ -72,9 +72,14 @@ def reference(lm):
     return copy.deepcopy(lm).requires_grad_(False)
 
 
-def save_trained(model, tokenizer, out: Path) -> list[Path]:
+def save_trained(model, tokenizer, out: Path, state_dict: dict | None = None) -> list[Path]:
     """save_pretrained to `out`; with LoRA, the adapter to `out`_adapter and the merged model to `out`
-    (a plain model that loads with from_pretrained). Returns the directories written."""
+    (a plain model that loads with from_pretrained). `state_dict`: the whole weights of a sharded
+    model (models/sharding.full_state_dict), saved in place of its shards. Returns the directories written."""
+    if state_dict is not None:
+        model.save_pretrained(out, state_dict=state_dict)
+        tokenizer.save_pretrained(out)
+        return [out]
     written = []
     if is_adapted(model):
         adapter = out.with_name(out.name + "_adapter")

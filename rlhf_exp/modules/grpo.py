@@ -25,6 +25,7 @@ from rlhf_exp.core.ops import AGGREGATIONS, aggregate_loss, entropy_from_logits,
 from rlhf_exp.core.ppo import policy_loss
 from rlhf_exp.distributed import world_size
 from rlhf_exp.models.sampler import rollout_model
+from rlhf_exp.models.sharding import shard_models
 from rlhf_exp.models.value import response_logits
 from rlhf_exp.modules.heldout import InLoopEvalSettings
 from rlhf_exp.modules.optim import adamw
@@ -210,6 +211,10 @@ class GroupModule(pl.LightningModule):
         if self.stop_reason:
             self.trainer.should_stop = True
         return stats  # checked by the stage's StopOnNonFinite callback
+
+    def configure_model(self):
+        """trainer=fsdp2: shard the policy and a frozen reference copy (models/sharding.py); nothing otherwise."""
+        shard_models(self, self.policy, (self.ref,))
 
     def configure_optimizers(self):
         self.trained = [q for q in self.policy.parameters() if q.requires_grad]

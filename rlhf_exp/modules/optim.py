@@ -35,6 +35,8 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     over every gradient costs as much as the optimizer step). Returns the norm."""
     params = [p for p in params if p.grad is not None]
     norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if hasattr(norm, "full_tensor"):  # sharded gradients (trainer=fsdp2): the norm over every rank's shard
+        norm = norm.full_tensor()
     if norm > max_norm:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm

@@ -20,6 +20,7 @@ from rlhf_exp.core.ops import entropy_from_logits, logprobs_from_logits, masked_
 from rlhf_exp.core.ppo import gae, policy_loss, shape_rewards, total_loss, value_loss
 from rlhf_exp.distributed import masked_moments, world_size
 from rlhf_exp.models.sampler import rollout_model
+from rlhf_exp.models.sharding import shard_models
 from rlhf_exp.modules.heldout import InLoopEvalSettings
 from rlhf_exp.modules.optim import adamw
 from rlhf_exp.modules.pg import (InvariantError, check_first_minibatch, kl_controller, load_loop_state,  # noqa: F401
@@ -189,6 +190,11 @@ class PPOModule(pl.LightningModule):
         self.stop_reason = stop_reason(self.score_means, self.iteration, self.s)
         if self.stop_reason:
             self.trainer.should_stop = True
+
+    def configure_model(self):
+        """trainer=fsdp2: shard the policy, its value head or critic, and a frozen reference copy
+        (models/sharding.py); nothing under any other strategy."""
+        shard_models(self, self.policy.lm, (self.policy.value_head, self.policy.critic, self.ref))
 
     def configure_optimizers(self):
         self.trained = [p for p in self.policy.parameters() if p.requires_grad]

@@ -120,7 +120,9 @@ class StageContext:
         it and the other ranks (whose weights are the same) wait, then read rank 0's."""
         from rlhf_exp.distributed import barrier, is_main
         from rlhf_exp.models.training import save_trained
-        written = save_trained(model, tokenizer, self.main_dir / dirname) if is_main() else None
+        from rlhf_exp.models.sharding import full_state_dict
+        weights = full_state_dict(model)  # trainer=fsdp2: every rank gathers, rank 0 gets the whole weights
+        written = save_trained(model, tokenizer, self.main_dir / dirname, weights) if is_main() else None
         barrier()
         out, *adapter = written or [self.main_dir / dirname] + (
             [self.main_dir / f"{dirname}_adapter"] if (self.main_dir / f"{dirname}_adapter").is_dir() else [])

@@ -123,18 +123,25 @@ def validate_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> d
 
 def check_strategy(cfg: DictConfig, built: dict) -> None:
     """Lightning's FSDP does not support manual optimisation (Lightning issues #19685, #19626), which
-    the on-policy algorithms use, and runs on GPUs only: refuse both, before any work; and a batch
-    that does not split evenly over the ranks."""
+    the on-policy algorithms use, and runs on GPUs only: refuse both, before any work (the on-policy
+    algorithms shard with trainer=fsdp2); trainer=fsdp2 where it cannot serve (check_fsdp2); and a
+    batch that does not split evenly over the ranks."""
     from rlhf_exp.modules.grpo import GRPOSettings, RLOOSettings
     from rlhf_exp.modules.ppo import PPOSettings
-    strategy = str(cfg.trainer.get("strategy", "auto"))
+    node = cfg.trainer.get("strategy", "auto")
+    fsdp2 = OmegaConf.is_dict(node) and str(node.get("_target_", "")).endswith("ModelParallelStrategy")
+    strategy = "fsdp2" if fsdp2 else str(node)
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    if "fsdp" in strategy and isinstance(built["algorithm"], (PPOSettings, GRPOSettings, RLOOSettings)) \
+    if fsdp2:
+        check_fsdp2(cfg, built)
+    fsdp1 = "fsdp" in strategy and not fsdp2  # Lightning's FSDPStrategy
+    if fsdp1 and isinstance(built["algorithm"], (PPOSettings, GRPOSettings, RLOOSettings)) \
             and "align" in planned(built["run"].stage):
         raise ConfigError(f"trainer.strategy = {strategy!r} with algorithm={type(built['algorithm']).__name__[:-8].lower()}: "
                           "Lightning's FSDP does not support manual optimisation (Lightning issues #19685, #19626), "
-                          "which PPO, GRPO and RLOO use; expected trainer=ddp (FSDP serves SFT, the reward model and DPO)")
-    if "fsdp" in strategy and (accelerator == "cpu" or accelerator == "auto" and not torch.cuda.is_available()):
+                          "which PPO, GRPO and RLOO use; expected trainer=fsdp2 (sharded weights through Lightning's "
+                          "ModelParallelStrategy) or trainer=ddp (FSDP serves SFT, the reward model and DPO)")
+    if fsdp1 and (accelerator == "cpu" or accelerator == "auto" and not torch.cuda.is_available()):
         raise ConfigError(f"trainer.strategy = {strategy!r} with trainer.accelerator = {accelerator!r}"
                           f"{' on a machine with no GPU' if accelerator == 'auto' else ''}: Lightning's FSDP runs "
                           "on GPUs only; expected trainer.accelerator=gpu, or trainer=ddp on CPU")
@@ -147,6 +154,40 @@ def check_strategy(cfg: DictConfig, built: dict) -> None:
                               f"trainer.num_nodes): expected each rank an equal share of the "
                               f"{'prompts' if prompts != a.batch_size else 'rollouts'} and at least "
                               f"algorithm.minibatches ({a.minibatches}) rollouts")
+
+
+def check_fsdp2(cfg: DictConfig, built: dict) -> None:
+    """trainer=fsdp2 shards the on-policy algorithms' full fine-tuning on one mesh of every rank: refuse
+    the trained stages that do not shard (sft, reward_model, the offline algorithms), LoRA, resuming,
+    and a mesh that is not every rank."""
+    from rlhf_exp.modules.grpo import GRPOSettings, RLOOSettings
+    from rlhf_exp.modules.ppo import PPOSettings
+    stages, a = planned(built["run"].stage), built["algorithm"]
+    trained = [] if built["run"].reuse else [s for s in ("sft", "reward_model") if s in stages]
+    if trained:
+        raise ConfigError(f"trainer=fsdp2 with stage {', '.join(trained)}: only PPO, GRPO and RLOO shard their "
+                          "weights (ModelParallelStrategy); expected stage=align, or reuse=RUN_DIR (an "
+                          "earlier run's sft and reward model), or trainer=ddp / trainer=fsdp (on GPUs) for "
+                          "those stages")
+    if "align" not in stages:
+        return
+    if not isinstance(a, (PPOSettings, GRPOSettings, RLOOSettings)):
+        raise ConfigError(f"trainer=fsdp2 with algorithm={type(a).__name__.removesuffix('Settings').lower()}: only "
+                          "PPO, GRPO and RLOO shard their weights; expected algorithm=ppo|grpo|rloo, or trainer=ddp "
+                          "/ trainer=fsdp (on GPUs)")
+    if getattr(built["model"], "lora_r", 0):
+        raise ConfigError(f"model.lora_r = {built['model'].lora_r} with trainer=fsdp2: sharded training is full "
+                          "fine-tuning (the LoRA merge for rollouts and saving needs the whole model on one device); "
+                          "expected model.lora_r=0, or trainer=ddp for LoRA")
+    if a.ckpt_path is not None:
+        raise ConfigError(f"algorithm.ckpt_path = {a.ckpt_path} with trainer=fsdp2: resuming a sharded run is not "
+                          "supported; expected algorithm.ckpt_path=null (or resume with trainer=ddp)")
+    node, world = cfg.trainer.strategy, int(cfg.trainer.get("devices", 1)) * int(cfg.trainer.get("num_nodes", 1))
+    if node.get("tensor_parallel_size") != 1 or node.get("data_parallel_size") != world:
+        raise ConfigError(f"trainer.strategy.data_parallel_size = {node.get('data_parallel_size')} and "
+                          f"tensor_parallel_size = {node.get('tensor_parallel_size')} over {world} processes "
+                          f"(trainer.devices × trainer.num_nodes): expected data_parallel_size={world} and "
+                          "tensor_parallel_size=1 (weights sharded over every rank)")
 
 
 def check_reward_wiring(built: dict) -> None:
