@@ -13,3 +13,8 @@ def mean_se(values) -> tuple[float, float]:
     m = sum(kept) / len(kept)
     se = math.sqrt(sum((v - m) ** 2 for v in kept) / (len(kept) - 1) / len(kept)) if len(kept) > 1 else float("nan")
     return m, se
+
+
+def format_mean_se(mean: float, se: float) -> str:
+    """`0.300 ± 0.100`, or the mean alone where there is no standard error (one value)."""
+    return f"{mean:.3f}" + ("" if se is None or math.isnan(se) else f" ± {se:.3f}")

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from rlhf_exp.config import schema
 from rlhf_exp.core.bon import best_of_n_kl_bound, best_of_n_log_ratio, mass_below
-from rlhf_exp.core.stats import mean_se
+from rlhf_exp.core.stats import format_mean_se, mean_se
 from rlhf_exp.modules.rollout import rollout_logprobs, sample_rollouts, sequence_kl
 from rlhf_exp.stages.context import StageContext
 
@@ -164,8 +164,7 @@ def summary_table(metrics: dict[str, float]) -> str:
             ("over-refusal", "eval/overrefusal"), ("truthful", "eval/truthful")]
     cols = [("ref", "reference"), ("policy", "aligned")] + ([("bon", "best-of-n")] if "eval/reward/bon" in metrics else [])
     def cell(key: str) -> str:  # the mean, ± its standard error where measured
-        se = metrics.get(f"{key}_se")
-        return f"{metrics[key]:.3f}" + (f" ± {se:.3f}" if se is not None and not math.isnan(se) else "")
+        return format_mean_se(metrics[key], metrics.get(f"{key}_se"))
     lines = [f"{'':12}" + "".join(f" {title:>16}" for _, title in cols)]
     lines += [f"{name:12}" + "".join(f" {cell(f'{key}/{c}'):>16}" for c, _ in cols)
               for name, key in rows if f"{key}/ref" in metrics]

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf_exp.core.stats import mean_se
+from rlhf_exp.core.stats import format_mean_se, mean_se
 from rlhf_exp.tracking.frontier import frontier_plot, frontier_points, frontier_table, score_key
 from rlhf_exp.tracking.overopt import study
 from rlhf_exp.tracking.repeatability import warning
@@ -146,7 +146,7 @@ def over_seeds(jobs: list[Job], swept: list[str], metric: str) -> str | None:
     head = ["algorithm", *keys, "n", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for setting, n, cells in rows:
-        shown = ["" if c is None else f"{c[0]:.3f}" + ("" if math.isnan(c[1]) else f" ± {c[1]:.3f}") for c in cells]
+        shown = ["" if c is None else format_mean_se(*c) for c in cells]
         lines.append("| " + " | ".join([*setting, str(n), *shown]) + " |")
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rlhf_exp.core.stats import mean_se
+from rlhf_exp.core.stats import format_mean_se, mean_se
 
 KNOBS = {"ppo": "algorithm.kl_coef", "grpo": "algorithm.beta", "rloo": "algorithm.kl_coef",
          "dpo": "algorithm.beta", "kto": "algorithm.beta", "online_dpo": "algorithm.beta"}  # each method's KL knob: what a frontier point is labelled by
@@ -52,14 +52,9 @@ def frontier_points(jobs) -> list[Point]:
     return sorted(points, key=lambda p: (p.method, p.kl[0]))
 
 
-def _cell(value: tuple[float, float]) -> str:
-    m, se = value
-    return f"{m:.3f}" + ("" if math.isnan(se) else f" ± {se:.3f}")
-
-
 def frontier_table(points: list[Point], score: str) -> str:
     lines = [f"| method | setting | n | KL to the reference | {score} |", "|---|---|---|---|---|"]
-    lines += [f"| {p.method} | {p.setting} | {p.n} | {_cell(p.kl)} | {_cell(p.score)} |" for p in points]
+    lines += [f"| {p.method} | {p.setting} | {p.n} | {format_mean_se(*p.kl)} | {format_mean_se(*p.score)} |" for p in points]
     return "\n".join(lines)
 
 
