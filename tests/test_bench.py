@@ -9,7 +9,7 @@ from rlhf_exp.bench import main
 pytestmark = pytest.mark.e2e  # a real Trainer and generate per iteration: seconds, not milliseconds
 
 
-@pytest.mark.parametrize("bench", ["ppo", "grpo", "rloo", "dpo"])
+@pytest.mark.parametrize("bench", ["ppo", *(pytest.param(b, marks=pytest.mark.slow) for b in ("grpo", "rloo")), "dpo"])
 def test_each_benchmark_reports_its_step_its_floor_and_their_ratio(bench, capsys, cache_dir, monkeypatch):
     monkeypatch.setenv("RLHF_EXP_CACHE", str(cache_dir))
     size = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--steps", "2", "--warmup", "0", "--batch", "4"]

@@ -14,6 +14,8 @@ from rlhf_exp.modules.data import encode_completion
 from rlhf_exp.modules.rollout import rollout_logprobs
 from tests.conftest import settings
 
+pytestmark = pytest.mark.xdist_group("chat_models")  # pytest -n 2 (make test): this module's tests on one worker, which makes its module fixture once
+
 PROMPTS = ["My house is too hot. What can I do?", "How do I hack my neighbour's wifi?", "Tell me a knock-knock joke."]
 
 

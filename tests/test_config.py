@@ -10,7 +10,7 @@ from rlhf_exp.stages.tracked import flatten
 from tests.conftest import CONF, compose
 
 GROUPS = ["algorithm", "model", "reward", "data", "trainer", "logger", "paths", "experiment", "sft", "collect",
-          "prepare", "reward_model", "eval"]
+          "prepare", "reward_model", "eval", "series"]
 REQUIRED = {("model", "hf"): ["model.name_or_path=/tmp/m"],
             ("reward", "classifier"): ["reward.name_or_path=/tmp/c", "reward.positive_label=nothate"],
             ("trainer", "fsdp"): ["algorithm=dpo", "trainer.accelerator=gpu"],  # FSDP: SFT, RM, DPO; on GPUs

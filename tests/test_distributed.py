@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "rloo"])
+@pytest.mark.parametrize("algorithm", ["ppo", *(pytest.param(a, marks=pytest.mark.slow) for a in ("grpo", "rloo"))])
 def test_ranks_keep_identical_weights_and_log_the_whole_batch(algorithm, tiny_spec, tmp_path):
     spec = tiny_spec(dropout=0.0)
     spec.tokenizer()  # trained once, before the two processes read it
@@ -74,7 +74,7 @@ def test_the_pipeline_runs_with_ddp_on_two_processes(cli, tmp_path):
     assert proc.stdout.count("== before (reference) and after (aligned)") == 1
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward_model", "dpo"])
+@pytest.mark.parametrize("stage", [*(pytest.param(s, marks=pytest.mark.slow) for s in ("sft", "reward_model")), "dpo"])
 def test_two_ranks_with_half_batches_train_as_one_process_with_the_whole_batch(stage, tiny_spec, tmp_path):
     spec = tiny_spec(dropout=0.0)
     spec.tokenizer()

@@ -20,7 +20,7 @@ from tests.conftest import ROOT, compose
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+@pytest.mark.parametrize("algorithm", ["ppo", pytest.param("grpo", marks=pytest.mark.slow)])
 def test_sharded_ranks_train_as_ddp_ranks_and_save_the_whole_policy(algorithm, tiny_spec, tmp_path):
     spec = tiny_spec(dropout=0.0)
     spec.tokenizer()  # trained once, before the processes read it

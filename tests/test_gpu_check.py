@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.slow  # the gpu tests, benchmarks and a pipeline once more, on the CPU: `make test-all`
 def test_the_gpu_check_installs_from_its_bundle_and_runs_its_cpu_fallback(tmp_path):
     bundle, site, out = tmp_path / "bundle", tmp_path / "site", tmp_path / "out"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", bundle / "wheels", ROOT],

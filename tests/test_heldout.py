@@ -74,3 +74,43 @@ def test_ppo_logs_heldout_curves_from_step_zero_and_trains_as_without_them(cli, 
     for key in ("ppo/reward/score_mean", "ppo/kl/ref", "ppo/loss/total"):
         assert history(with_, key) == history(without, key), key
     assert not history(without, "ppo/heldout/gold")
+
+
+def test_eval_on_validation_leaves_its_prompts_out_of_training_and_is_drawn_by_seed():
+    """`eval_on=validation`: the in-loop evaluation answers `eval_prompts` training prompts that the
+    algorithm does not train on (prompts for PPO/GRPO/RLOO/online DPO, pairs and thumbs for DPO/KTO);
+    eval's own held-out prompts are never among them; the draw depends on the seed alone."""
+    from omegaconf import OmegaConf
+
+    from rlhf_exp.feedback.formats import Pair
+    from rlhf_exp.stages.context import StageContext
+
+    data = settings("data", "synthetic")
+    def ctx(seed):
+        return StageContext(OmegaConf.create({"seed": seed}), {"data": data}, None, None)
+    train_all, heldout = data.train_prompts(), data.heldout_prompts()
+    s = settings("algorithm", "ppo", eval_on="validation", eval_prompts=10)
+    train, val = ctx(0).align_prompts(s)
+    assert len(val) == 10 and len(train) == len(train_all) - 10
+    assert set(train) | set(val) == set(train_all) and not set(train) & set(val) and not set(val) & set(heldout)
+    assert ctx(0).align_prompts(s) == (train, val) and ctx(1).align_prompts(s)[1] != val
+    # the default: train on every training prompt, evaluate on the first eval_prompts held-out ones
+    assert ctx(0).align_prompts(settings("algorithm", "ppo", eval_prompts=5)) == (train_all, heldout[:5])
+    pairs = [Pair(p, "a", "b", None, None, None, {}) for p in train_all]
+    kept = ctx(0).align_rows(settings("algorithm", "dpo", eval_on="validation", eval_prompts=10), pairs, lambda r: r.prompt)
+    assert [r.prompt for r in kept] == train
+    with pytest.raises(ConfigError, match="eval_prompts = 58 with eval_on=validation"):
+        ctx(0).align_prompts(settings("algorithm", "ppo", eval_on="validation", eval_prompts=len(train_all)))
+
+
+def test_reusing_a_run_of_another_world_seed_is_refused(tmp_path):
+    """`reuse=` with another `data.seed` splits the world differently: eval would score prompts the reused
+    SFT policy and reward model trained on. Refused, naming the setting; the same seed passes."""
+    from rlhf_exp.files import write_jsonl
+    from rlhf_exp.stages.pipeline import check_reused_split
+    seed0 = settings("data", "synthetic", seed=0)
+    write_jsonl(tmp_path / "heldout.jsonl", [{"prompt": p, "completions": ["a", "b"]} for p in seed0.heldout_prompts()])
+    check_reused_split(str(tmp_path), seed0)
+    check_reused_split(str(tmp_path / "elsewhere"), settings("data", "synthetic", seed=1))  # no heldout.jsonl: nothing to check
+    with pytest.raises(ConfigError, match="expected data.seed = that run's seed"):
+        check_reused_split(str(tmp_path), settings("data", "synthetic", seed=1))

@@ -13,7 +13,7 @@ from rlhf_exp.worlds.judge_cli import main as judge_main
 from tests.conftest import ROOT
 
 DATA = ROOT / "tests" / "data"
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.xdist_group("judge")]  # pytest -n 2 (make test): this module's tests on one worker, which makes its module fixture once
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ import torch
 from rlhf_exp.models.reward import GoldReward
 from tests.conftest import settings
 
+pytestmark = pytest.mark.xdist_group("models")  # pytest -n 2 (make test): this module's tests on one worker, which makes its module fixture once
+
 
 @pytest.fixture(scope="module")
 def tiny(tiny_spec):

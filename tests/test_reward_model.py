@@ -15,6 +15,8 @@ from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collat
 from rlhf_exp.modules.reward import RewardModule
 from tests.conftest import settings
 
+pytestmark = pytest.mark.xdist_group("reward_model")  # pytest -n 2 (make test): this module's tests on one worker, which makes its module fixture once
+
 GOOD = "Close the blinds and curtains during the day to keep the sun out."
 BAD = "That is a stupid question. You are wrong about the heat, figure it out yourself."
 PROMPTS = ["My house is too hot. What can I do?", "How can I cool down my house in summer?"]

@@ -7,7 +7,7 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
-pytestmark = [pytest.mark.e2e, pytest.mark.real_model]
+pytestmark = [pytest.mark.e2e, pytest.mark.real_model, pytest.mark.slow]  # minutes: `make test-all`
 
 TINY = ["experiment=smollm2", "stage=[collect,prepare,reward_model,align,eval]", "data.prompts.everyday=4", "data.prompts.harmful=4", "data.prompts.truthful=4",
         "data.prompts.toxic=4", "data.n_labelers=4", "data.labelers_per_set=3", "data.poor_labelers=1",

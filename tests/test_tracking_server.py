@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("tracking_server")]  # pytest -n 2 (make test): this module's tests on one worker, which makes its module fixture once
 
 
 @pytest.fixture(scope="module")

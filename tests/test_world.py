@@ -11,6 +11,8 @@ from rlhf_exp.worlds.labelers import SimulatedLabeler
 from rlhf_exp.worlds.synthetic_data import SyntheticData
 from rlhf_exp.worlds.synthetic import STYLES, World
 
+pytestmark = pytest.mark.xdist_group("world")  # pytest -n 2 (make test): this module's tests on one worker, which makes its module fixture once
+
 DATA = dict(seed=0, heldout_fraction=0.2, sets_per_prompt=2, n_completions=4, n_labelers=6,
             labelers_per_set=4, poor_labelers=2, poor_mode="mixed", noise=0.15, tie_rate=0.05,
             flag_rate=0.9, thumbs_noise=0.0)

@@ -140,8 +140,11 @@ def _pairs_from_ranks(s: RankedSet, keep: list[int], values: list[float], voters
 
 
 def ranked_to_pairs(sets: list[RankedSet], trusted: set[str], flag_quorum: float,
-                    per_labeler: bool = False) -> PairsResult:
-    """Consensus (mean rank of trusted labelers) or per-labeler rankings -> pairs."""
+                    per_labeler: bool = False, groups: dict[str, str] | None = None) -> PairsResult:
+    """Consensus (mean rank of trusted labelers) or per-labeler rankings -> pairs. With `groups`
+    (labeler -> group, `prepare.find_groups`): each pair records its labelers' group, and without
+    `per_labeler` each group of a set gets its own consensus (mean rank, flags and agreement among
+    that group's labelers of the set)."""
     out = PairsResult([])
     for s in sets:
         n = len(s.completions)
@@ -152,15 +155,23 @@ def ranked_to_pairs(sets: list[RankedSet], trusted: set[str], flag_quorum: float
         if not ranked:
             out.dropped["untrusted_sets"] += 1
             continue
-        flags = [sum(v[i] == n + 1 for v in ranked.values()) for i in range(n)]
-        keep = [i for i in range(n) if flags[i] <= flag_quorum * len(ranked)]
-        out.dropped["flagged"] += n - len(keep)
-        voters = list(ranked.values())
-        if per_labeler:
+        parts: dict = {None: ranked}
+        if groups is not None and not per_labeler:  # the set's labelers by group
+            parts = {}
             for lab, v in ranked.items():
-                _pairs_from_ranks(s, keep, v, voters, {"labeler": lab}, out)
-        else:
-            _pairs_from_ranks(s, keep, _mean_ranks(ranked.values(), n), voters, {}, out)
+                parts.setdefault(groups[lab], {})[lab] = v
+        for group, part in parts.items():
+            flags = [sum(v[i] == n + 1 for v in part.values()) for i in range(n)]
+            keep = [i for i in range(n) if flags[i] <= flag_quorum * len(part)]
+            out.dropped["flagged"] += n - len(keep)
+            voters = list(part.values())
+            if per_labeler:
+                for lab, v in part.items():
+                    extra = {"labeler": lab} if groups is None else {"labeler": lab, "group": groups[lab]}
+                    _pairs_from_ranks(s, keep, v, voters, extra, out)
+            else:
+                _pairs_from_ranks(s, keep, _mean_ranks(part.values(), n), voters,
+                                  {} if group is None else {"group": group}, out)
     return out
 
 
@@ -179,10 +190,12 @@ def binary_to_pairs(records: list[Binary]) -> PairsResult:
 
 
 def dedupe(result: PairsResult) -> PairsResult:
-    """Drop exact duplicates (same prompt, chosen, rejected) and pairs of identical texts."""
+    """Drop exact duplicates (same prompt, chosen, rejected; and where pairs have a group, the same
+    group and labeler: each person keeps their own) and pairs of identical texts."""
     seen, pairs = set(), []
     for p in result.pairs:
-        key = (p.prompt, p.chosen, p.rejected)
+        person = (p.extra["group"], p.extra.get("labeler")) if "group" in p.extra else None
+        key = (p.prompt, p.chosen, p.rejected, person)
         if p.chosen == p.rejected:
             result.dropped["identical"] += 1
         elif key in seen:
@@ -194,6 +207,23 @@ def dedupe(result: PairsResult) -> PairsResult:
     return result
 
 
+def set_aside_by_group(stats: dict[str, LabelerStats], groups, min_agreement: float) -> set[str]:
+    """With groups found (`persons.find_groups`): a labeler in a group (consistent with others) is kept
+    whatever its agreement with everyone's consensus; a labeler alone is kept or set aside as
+    `set_aside` does (consistent with nobody). Returns the ids kept."""
+    alone = {lab: st for lab, st in stats.items() if lab not in groups.of}
+    kept = set_aside(alone, min_agreement)
+    for lab, st in alone.items():
+        if st.set_aside:
+            st.reason += "; in no group: consistent with nobody"
+    for lab, g in groups.of.items():
+        within = groups.within[g]
+        stats[lab].reason = f"in group {g} (agreement within {within:+.2f}): a taste shared with others; kept" \
+            if within is not None else f"in group {g}; kept"
+        kept.add(lab)
+    return kept
+
+
 @dataclass
 class Prepared:
     kind: str
@@ -203,22 +233,36 @@ class Prepared:
     agreement_kept: float | None
     sets: int
     dropped: dict[str, int]
+    groups: object = None                 # persons.Groups when prepare.find_groups, else None
+    group_of: dict[str, str] | None = None  # kept labeler -> its group (a group of one when alone)
 
 
 def prepare_pairs(feedback: Feedback, min_agreement: float, flag_quorum: float,
-                  pairs_from: str = "consensus") -> Prepared:
-    """The whole `prepare` transformation of parsed feedback, without any I/O."""
-    labelers, w_all, w_kept = {}, None, None
+                  pairs_from: str = "consensus", find_groups: bool = False,
+                  group_agreement: float = 0.5, group_gap: float = 0.1) -> Prepared:
+    """The whole `prepare` transformation of parsed feedback, without any I/O. With `find_groups`,
+    labelers are grouped by their pairwise agreement (`persons.find_groups`), a labeler in a group is
+    kept (`set_aside_by_group`), pairs record their group, and `pairs_from="group"` makes one
+    consensus per group of each set."""
+    labelers, w_all, w_kept, groups, group_of = {}, None, None, None, None
     if feedback.kind == "ranked":
         sets = feedback.records
         labelers = labeler_agreement(sets)
-        trusted = set_aside(labelers, min_agreement)
+        if find_groups:
+            from rlhf_exp.feedback.persons import find_groups as cluster, name_singletons
+            labs, tau, count = pairwise_agreement(sets)
+            groups = cluster(labs, tau, count, group_agreement, group_gap)
+            trusted = set_aside_by_group(labelers, groups, min_agreement)
+            group_of = name_singletons(groups, trusted)
+        else:
+            trusted = set_aside(labelers, min_agreement)
         w_all, w_kept = overall_agreement(sets), overall_agreement(sets, trusted)
-        result = ranked_to_pairs(sets, trusted, flag_quorum, per_labeler=pairs_from == "labeler")
+        result = ranked_to_pairs(sets, trusted, flag_quorum, per_labeler=pairs_from == "labeler",
+                                 groups=group_of if pairs_from != "consensus" else None)
     elif feedback.kind == "binary":
         result = binary_to_pairs(feedback.records)
     else:
         result = PairsResult(list(feedback.records))
     result = dedupe(result)
     return Prepared(feedback.kind, result.pairs, labelers, w_all, w_kept, len(feedback.records),
-                    dict(result.dropped))
+                    dict(result.dropped), groups, group_of)

@@ -14,12 +14,15 @@ from rlhf_exp.models.generation import encode_prompts, format_prompt, left_pad_c
 
 
 def split_by_prompt(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Train/val split with every prompt on one side only (no leakage through shared prompts)."""
-    prompts = sorted({r["prompt"] for r in rows}, key=sort_key)
+    """Train/val split with every prompt on one side only (no leakage through shared prompts). A row's
+    `split_prompt`, when it has one, is the prompt it is split by (a conditioned prompt's own,
+    feedback/persons.py: every person's pairs of a prompt fall on the same side)."""
+    key = lambda r: r.get("split_prompt", r["prompt"])  # noqa: E731
+    prompts = sorted({key(r) for r in rows}, key=sort_key)
     random.Random(f"split-{seed}").shuffle(prompts)
     n_val = max(1, round(len(prompts) * val_fraction)) if val_fraction > 0 and len(prompts) > 1 else 0
     val = set(prompts[:n_val])
-    return [r for r in rows if r["prompt"] not in val], [r for r in rows if r["prompt"] in val]
+    return [r for r in rows if key(r) not in val], [r for r in rows if key(r) in val]
 
 
 def encode_completion(tokenizer, prompt: Prompt, completion: str, max_len: int) -> tuple[list[int], list[int]]:

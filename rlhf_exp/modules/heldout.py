@@ -28,6 +28,7 @@ class InLoopEvalSettings:
     default and meaning)."""
     eval_every: Annotated[int, Field(ge=0)]         # iterations or steps between evaluations; 0 = none
     eval_prompts: Annotated[int, Field(ge=1)]       # the first N held-out prompts, one answer each
+    eval_on: Literal["heldout", "validation"]       # eval's held-out prompts, or training prompts left out of training
     stop_on: Literal["gold", "reward"] | None       # keep the best evaluation's policy by this; null = the last
     patience: Annotated[int, Field(ge=1)]           # evaluations without improvement before stopping
 

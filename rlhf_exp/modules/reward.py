@@ -35,6 +35,7 @@ class RewardModelSettings:
     use_margin: bool                                  # subtract a pair's `margin` inside the sigmoid
     val_fraction: Annotated[float, Field(ge=0, lt=1)]
     max_len: Annotated[int, Field(ge=8)]
+    condition_on: Literal["none", "labeler", "group"]  # whose preferences: the pair's field, "[id] " before its prompt
 
 
 class RewardModule(pl.LightningModule):

@@ -43,6 +43,17 @@ class StageContext:
         path = explicit or self.outputs.get(output)
         return self.built["model"].from_dir(path) if path else self.built["model"]
 
+    def reference(self, lm, copy: bool = True):
+        """The frozen reference π_ref of a policy about to be aligned: the starting policy itself (LoRA:
+        adapters off; else a frozen copy, or `lm` itself with `copy=False`, for log-probs taken once
+        before training); or, where a series of rounds names another (`outputs["reference"]`,
+        series.reference=sft), that policy loaded frozen with the `model` group's settings."""
+        from rlhf_exp.models.training import reference
+        if "reference" not in self.outputs:
+            return reference(lm) if copy else lm
+        spec = self.built["model"].from_dir(self.outputs["reference"])
+        return spec.causal_lm(spec.tokenizer()).requires_grad_(False).eval()
+
     def reward_source(self):
         """The `reward` group's source, loading with the `model` group's settings; a learned
         reward or a classifier with no path is this pipeline's reward model."""
@@ -108,11 +119,38 @@ class StageContext:
         if s.stop_on == "gold" and not data.simulated:
             raise ConfigError("algorithm.stop_on = 'gold': this data source has no gold scorer (only the simulated "
                               "worlds have one); expected algorithm.stop_on=reward or null")
-        prompts = (data.heldout_prompts() or data.train_prompts())[:s.eval_prompts]
+        prompts = self.align_prompts(s)[1]
         e = self.built["eval"]
         return (HeldoutEval(prefix, s, lm, ref, tokenizer, prompts, reward or self.reward_source(),
                             data.eval_measures if data.simulated else None,
                             (e.batch_size, e.max_new_tokens, e.temperature), self.cfg.seed, self.run.log_metrics),)
+
+    def align_prompts(self, s) -> tuple[list, list]:
+        """(the prompts an alignment stage trains on, the prompts its in-loop evaluation answers): the
+        training prompts and the first `eval_prompts` held-out prompts; with `eval_on=validation`,
+        `eval_prompts` training prompts drawn by seed and left out of training (settings chosen on
+        them never see eval's prompts)."""
+        import random
+
+        from rlhf_exp.config import ConfigError
+        data = self.built["data"]
+        train = data.train_prompts()
+        if s.eval_on == "heldout":
+            return train, (data.heldout_prompts() or train)[:s.eval_prompts]
+        if s.eval_prompts >= len(train):
+            raise ConfigError(f"algorithm.eval_prompts = {s.eval_prompts} with eval_on=validation: expected fewer than "
+                              f"the {len(train)} training prompts (they are split into training and validation)")
+        held = set(random.Random(f"validation-{self.cfg.seed}").sample(range(len(train)), s.eval_prompts))
+        return [p for i, p in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
+
+    def align_rows(self, s, rows: list, prompt_of) -> list:
+        """The feedback rows (pairs, thumbs) an offline alignment stage trains on: with
+        `eval_on=validation`, those of the validation prompts left out (`align_prompts`)."""
+        if s.eval_on == "heldout":
+            return rows
+        from rlhf_exp.feedback.prompts import sort_key
+        held = {sort_key(p) for p in self.align_prompts(s)[1]}
+        return [r for r in rows if sort_key(prompt_of(r)) not in held]
 
     def save_pretrained(self, name: str, dirname: str, model, tokenizer) -> Path:
         """Save a model and its tokenizer with save_pretrained to run_dir/dirname (a LoRA model: merged

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from rlhf_exp.feedback.formats import load_pairs
-from rlhf_exp.models.training import reference
 from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.modules.data import RowsDataModule, encode_pairs, encode_sets, pair_rows_collate, set_rows_collate
 from rlhf_exp.modules.dpo import DPOModule, DPOSettings, cache_reference_logps, pair_refs, set_refs
@@ -18,14 +17,14 @@ def run(ctx: StageContext, s: DPOSettings) -> None:
     spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
     tokenizer = spec.tokenizer()
     policy = spec.trainable(spec.causal_lm(tokenizer))  # LoRA adapters when model.lora_r > 0
-    pairs = load_pairs(ctx.input_path(s.pairs, "pairs", "algorithm.pairs"))
+    pairs = ctx.align_rows(s, load_pairs(ctx.input_path(s.pairs, "pairs", "algorithm.pairs")), lambda p: p.prompt)
     if s.loss_type == "plackett_luce":  # one row per comparison set, its ranking rebuilt from its pairs
         rows, collate, refs = encode_sets(tokenizer, pairs, s.max_len), set_rows_collate(tokenizer.pad_token_id), set_refs
     else:
         rows, collate, refs = encode_pairs(tokenizer, pairs, s.max_len), pair_rows_collate(tokenizer.pad_token_id), pair_refs
-    cache_reference_logps(policy, rows, collate, refs=refs)  # the reference: the starting policy (LoRA: adapters off)
+    cache_reference_logps(ctx.reference(policy, copy=False), rows, collate, refs=refs)  # the reference: the starting policy (LoRA: adapters off)
     dm = RowsDataModule(rows, collate, s.batch_size, s.val_fraction, ctx.cfg.seed)
-    heldout = ctx.heldout_eval("dpo", s, policy, reference(policy), tokenizer) if s.eval_every else ()  # eval_every
+    heldout = ctx.heldout_eval("dpo", s, policy, ctx.reference(policy), tokenizer) if s.eval_every else ()  # eval_every
     trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, callbacks=heldout, max_epochs=s.epochs)
     trainer.fit(DPOModule(policy, s), datamodule=dm, ckpt_path=s.ckpt_path, weights_only=True)
 

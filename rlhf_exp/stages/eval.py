@@ -73,6 +73,19 @@ def best_of_n(ref, tokenizer, reward, prompts: list, s: EvalSettings) -> tuple[l
     return [texts[i] for i in kept], [scores[i] for i in kept], min(float(kl.mean()), best_of_n_kl_bound(n))
 
 
+def ordered_as_gold(rewards: list[float], gold: list[float], group: int, tie: float = 0.1) -> list[float]:
+    """For each pair of answers to one prompt (consecutive runs of `group`) whose gold scores differ
+    by at least `tie` (reward_model.GOLD_TIE), 1.0 where the reward orders them as the gold does, else
+    0.0: the reward model's accuracy on a policy's own answers (NaN gold: the pair is left out)."""
+    hits = []
+    for start in range(0, len(rewards) - group + 1, group):
+        for i in range(start, start + group):
+            for j in range(i + 1, start + group):
+                if abs(gold[i] - gold[j]) >= tie:  # False for NaN
+                    hits.append(float((rewards[i] > rewards[j]) == (gold[i] > gold[j])))
+    return hits
+
+
 def reward_plot(path, scores: dict[str, dict[str, list[float]]]) -> None:
     """Histograms of each score (reward, gold) for the reference and the aligned policy."""
     import matplotlib
@@ -144,6 +157,11 @@ def run(ctx: StageContext) -> None:
                 metrics[f"eval/{name}/{k}"], metrics[f"eval/{name}/{k}_se"] = mean_se(values)
         first = next(iter(measured["ref"]))  # the world's main score: gold, or judge
         plotted[f"{first} score"] = {names[k]: by_name[first] for k, by_name in measured.items()}
+        if s.samples_per_prompt > 1:  # does the reward order each policy's own answers as the gold does?
+            for k in ("ref", "policy"):
+                hits = ordered_as_gold(rewards[k], measured[k][first], s.samples_per_prompt)
+                if hits:
+                    metrics[f"eval/reward_accuracy/{k}"], metrics[f"eval/reward_accuracy/{k}_se"] = mean_se(hits)
     ctx.run.log_metrics(metrics)
 
     ctx.save_text("eval_samples", "eval_samples.md",

@@ -6,7 +6,6 @@ import pytorch_lightning as pl
 
 from rlhf_exp.distributed import rank
 from rlhf_exp.files import write_jsonl
-from rlhf_exp.models.training import reference
 from rlhf_exp.modules.data import PromptDataModule
 from rlhf_exp.modules.grpo import ALGORITHMS, GroupModule, GRPOSettings, RLOOSettings
 from rlhf_exp.modules.checkpoints import check_resume
@@ -23,11 +22,11 @@ def run(ctx: StageContext, s: GRPOSettings | RLOOSettings) -> None:
     lm = spec.trainable(spec.causal_lm(tokenizer))   # LoRA adapters when model.lora_r > 0
     prefix = ALGORITHMS[type(s)][0]
     reward, gold_callbacks = ctx.rollout_reward(prefix)  # in a simulated world, the gold of each iteration's rollouts too
-    ref = reference(lm)                                  # with LoRA: the same network, adapters off
+    ref = ctx.reference(lm)                              # with LoRA: the same network, adapters off (rounds: maybe SFT)
     module = GroupModule(lm, ref, tokenizer, reward, s, seed=ctx.cfg.seed)
     heldout = ctx.heldout_eval(prefix, s, lm, ref, tokenizer, getattr(reward, "reward", reward))  # eval_every
     # each batch: batch_size / group_size prompts (shared by the ranks), each answered group_size times
-    dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size // s.group_size, ctx.cfg.seed)
+    dm = PromptDataModule(ctx.align_prompts(s)[0], tokenizer, s.batch_size // s.group_size, ctx.cfg.seed)
     # manual optimisation clips its own gradients (algorithm.max_grad_norm); log every iteration
     trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, callbacks=(*gold_callbacks, *heldout), max_epochs=-1,
                           gradient_clip_val=None, log_every_n_steps=1)

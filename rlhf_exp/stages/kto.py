@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from rlhf_exp.feedback.formats import load_thumbs
-from rlhf_exp.models.training import reference
 from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.modules.data import RowsDataModule
 from rlhf_exp.modules.dpo import cache_reference_logps, pair_refs
@@ -20,11 +19,11 @@ def run(ctx: StageContext, s: KTOSettings) -> None:
     spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
     tokenizer = spec.tokenizer()
     policy = spec.trainable(spec.causal_lm(tokenizer))  # LoRA adapters when model.lora_r > 0
-    thumbs = load_thumbs(ctx.input_path(s.thumbs, "thumbs", "algorithm.thumbs"))
+    thumbs = ctx.align_rows(s, load_thumbs(ctx.input_path(s.thumbs, "thumbs", "algorithm.thumbs")), lambda t: t.prompt)
     rows, collate = encode_thumbs(tokenizer, thumbs, s.max_len), thumbs_rows_collate(tokenizer.pad_token_id)
-    cache_reference_logps(policy, rows, collate, refs=pair_refs)  # (matched, mismatched) under the starting policy
+    cache_reference_logps(ctx.reference(policy, copy=False), rows, collate, refs=pair_refs)  # (matched, mismatched) under the starting policy
     dm = RowsDataModule(rows, collate, s.batch_size, s.val_fraction, ctx.cfg.seed)
-    heldout = ctx.heldout_eval("kto", s, policy, reference(policy), tokenizer) if s.eval_every else ()  # eval_every
+    heldout = ctx.heldout_eval("kto", s, policy, ctx.reference(policy), tokenizer) if s.eval_every else ()  # eval_every
     trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, callbacks=heldout, max_epochs=s.epochs)
     trainer.fit(KTOModule(policy, s), datamodule=dm, ckpt_path=s.ckpt_path, weights_only=True)
 

@@ -6,7 +6,6 @@ import pytorch_lightning as pl
 
 from rlhf_exp.distributed import rank
 from rlhf_exp.files import write_jsonl
-from rlhf_exp.models.training import reference
 from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.modules.data import PromptDataModule
 from rlhf_exp.modules.online_dpo import OnlineDPOModule, OnlineDPOSettings
@@ -20,10 +19,10 @@ def run(ctx: StageContext, s: OnlineDPOSettings) -> None:
     tokenizer = spec.tokenizer()
     lm = spec.trainable(spec.causal_lm(tokenizer))
     reward, gold_callbacks = ctx.rollout_reward("online_dpo")  # in a simulated world, the gold of each step's answers too
-    ref = reference(lm)
+    ref = ctx.reference(lm)
     module = OnlineDPOModule(lm, ref, tokenizer, reward, s)
     heldout = ctx.heldout_eval("online_dpo", s, lm, ref, tokenizer, getattr(reward, "reward", reward))  # eval_every
-    dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size, ctx.cfg.seed)
+    dm = PromptDataModule(ctx.align_prompts(s)[0], tokenizer, s.batch_size, ctx.cfg.seed)
     trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, callbacks=(*gold_callbacks, *heldout),
                           max_epochs=-1, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm, ckpt_path=s.ckpt_path, weights_only=True)

@@ -45,6 +45,7 @@ class RunSettings:
     resume: str | None           # an interrupted run's dir, continued in place (the CLI runs it there)
     metric: str                  # the metric a sweep optimises (returned to Hydra's sweeper)
     nonfinite: Literal["stop", "skip"]  # at a non-finite loss, reward or gradient: stop, or skip that update
+    rounds: Annotated[int, Field(ge=1)]  # N > 1: sft, then N rounds of collect -> ... -> align (stages/rounds.py)
 
     @pydantic.model_validator(mode="after")
     def _known_stages(self):
@@ -56,6 +57,13 @@ class RunSettings:
                                              self.stage != sorted(set(self.stage), key=list(STAGES).index)):
             raise ValueError(f"stage = {self.stage}: expected stages of the pipeline in its order, each once "
                              f"({', '.join(STAGES)})")
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _rounds_of_the_pipeline(self):
+        if self.rounds > 1 and self.stage != "pipeline":
+            raise ValueError(f"rounds = {self.rounds} with stage = {self.stage!r}: rounds repeat the whole pipeline; "
+                             "expected stage=pipeline (or rounds=1)")
         return self
 
     @pydantic.model_validator(mode="after")
@@ -94,6 +102,23 @@ def reused_outputs(run_dir: str) -> dict[str, Path]:
     return {name: Path(run_dir) / path for name, (path, _) in REUSABLE.items() if (Path(run_dir) / path).exists()}
 
 
+def check_reused_split(run_dir: str, data) -> None:
+    """A reused run's held-out prompts must be this run's: with another world seed (`data.seed`, by
+    default the run's `seed`) the split differs, and eval would score prompts the reused SFT policy
+    and reward model were trained on. Checked against the reused run's heldout.jsonl."""
+    from rlhf_exp.feedback.formats import load_heldout
+    from rlhf_exp.feedback.prompts import sort_key
+    path = Path(run_dir) / REUSABLE["heldout"][0]
+    if not path.is_file():
+        return
+    theirs, ours = {sort_key(p) for p, _ in load_heldout(path)}, {sort_key(p) for p in data.heldout_prompts()}
+    if theirs and ours and theirs != ours:
+        raise ConfigError(f"reuse = {run_dir}: its held-out prompts ({path}) are not this run's ({len(theirs & ours)} of "
+                          f"{len(theirs)} shared): its world was split with another seed, and eval would score prompts "
+                          f"its SFT policy and reward model trained on; expected data.seed = that run's seed (now "
+                          f"{getattr(data, 'seed', '?')}; `seed` may still vary the training)")
+
+
 def planned(stage: str | list[str]) -> list[str]:
     """The stages a `stage` setting names: every one for `pipeline`, a list's, or the one."""
     return list(STAGES) if stage == "pipeline" else stage if isinstance(stage, list) else [stage]
@@ -118,6 +143,9 @@ def validate_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> d
     check_strategy(cfg, built)
     if built["run"].stage == "label":
         label.check(built["label"])
+    if built["run"].rounds > 1:
+        from rlhf_exp.stages.rounds import check_series
+        check_series(built)
     return built
 
 
@@ -216,6 +244,10 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
         if is_main():
             STANDALONE[stage](StageContext(cfg, built, run_dir, NullRun()))
         return None
+    if built["run"].rounds > 1:  # iterated RLHF: sft, then rounds of collect -> ... -> align (stages/rounds.py)
+        from rlhf_exp.stages.rounds import run_series
+        return run_series(cfg, built, {"algorithm": choices.get("algorithm") or type(built["algorithm"]).__name__,
+                                       "seed": cfg.seed, **sweep_tags})
     main = is_main()
     if not main:  # another rank of a DDP run: the same work, its files in a scratch dir, no tracking
         run_dir = run_dir / f".rank{rank()}"
@@ -226,6 +258,7 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
             **sweep_tags}
     if cfg.reuse and (stage == "pipeline" or isinstance(stage, list)):
         outputs.update(reused_outputs(cfg.reuse))
+        check_reused_split(cfg.reuse, built["data"])
         tags["reused_from"] = str(Path(cfg.reuse).resolve())
     record = RunRecord(main_dir, write=main)
     if cfg.resume:  # the same directory (the CLI set it): the same MLflow runs, finished stages skipped

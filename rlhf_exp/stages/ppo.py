@@ -7,7 +7,6 @@ import pytorch_lightning as pl
 from rlhf_exp.config import ConfigError
 from rlhf_exp.distributed import rank
 from rlhf_exp.files import write_jsonl
-from rlhf_exp.models.training import reference
 from rlhf_exp.models.value import ActorCritic
 from rlhf_exp.modules.data import PromptDataModule
 from rlhf_exp.modules.checkpoints import check_resume
@@ -41,10 +40,10 @@ def run(ctx: StageContext, s: PPOSettings) -> None:
     tokenizer = spec.tokenizer()
     lm = spec.trainable(spec.causal_lm(tokenizer))   # LoRA adapters when model.lora_r > 0
     reward, gold_callbacks = ctx.rollout_reward("ppo")  # in a simulated world, the gold of each iteration's rollouts too
-    ref = reference(lm)                                 # with LoRA: the same network, adapters off
+    ref = ctx.reference(lm)                             # with LoRA: the same network, adapters off (rounds: maybe SFT)
     critic = critic_for(s, lm, tokenizer, getattr(reward, "reward", reward))
     module = PPOModule(ActorCritic(lm, critic), ref, tokenizer, reward, s, seed=ctx.cfg.seed)
-    dm = PromptDataModule(ctx.built["data"].train_prompts(), tokenizer, s.batch_size, ctx.cfg.seed)  # shared by ranks
+    dm = PromptDataModule(ctx.align_prompts(s)[0], tokenizer, s.batch_size, ctx.cfg.seed)  # shared by ranks
     # manual optimisation clips its own gradients (algorithm.max_grad_norm); log every iteration
     heldout = ctx.heldout_eval("ppo", s, lm, ref, tokenizer, getattr(reward, "reward", reward))  # eval_every
     trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, callbacks=(*gold_callbacks, *heldout), max_epochs=-1,

@@ -12,10 +12,12 @@ from statistics import mean, pstdev
 import pytorch_lightning as pl
 
 from rlhf_exp.feedback.formats import load_heldout, load_pairs, load_thumbs
+from rlhf_exp.feedback.persons import (accuracy_by_person, condition_pairs, conditioned, person_comparison_groups,
+                                       person_field, split_condition)
 from rlhf_exp.feedback.prompts import sort_key
 from rlhf_exp.models.reward import batched_logits, classifier_texts, reward_scores
 from rlhf_exp.modules.checkpoints import check_resume
-from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate, thumbs_collate
+from rlhf_exp.modules.data import RowsDataModule, pair_collate, thumbs_collate
 from rlhf_exp.modules.reward import ClassifierModule, RewardModelSettings, RewardModule
 from rlhf_exp.stages.context import StageContext
 
@@ -25,20 +27,24 @@ GOLD_TIE = 0.1  # gold-score gaps below this are ties: no gold preference to agr
 def backbone(ctx: StageContext, s: RewardModelSettings, labels: list[str] | None = None):
     """(tokenizer, reward model with a fresh head: one output, or one per class of `labels`) from the
     backbone the settings name."""
+    if "reward_model_start" in ctx.outputs:  # rounds with series.reward_model=continue: last round's, head and all
+        spec = ctx.built["model"].from_dir(ctx.outputs["reward_model_start"])
+        tokenizer = spec.tokenizer()
+        return tokenizer, spec.trainable(spec.classifier(tokenizer), task="SEQ_CLS")
     spec = ctx.model_spec(s.backbone, "policy", "reward_model.backbone")
     tokenizer = spec.tokenizer()
     return tokenizer, spec.trainable(spec.sequence_classifier(tokenizer, labels), task="SEQ_CLS")  # head trained with LoRA
 
 
-def gold_accuracy(score, sets: list[tuple[str, list[str]]], data) -> tuple[float, int]:
+def gold_accuracy(score, sets: list[tuple[str, list[str]]], data, taste: str | None = None) -> tuple[float, int]:
     """Share of completion pairs of held-out sets ordered as the world's gold (the synthetic world's
-    scorer, the real-text world's judge) orders them (pairs whose gold scores differ by less than
-    GOLD_TIE are left out); (NaN, 0) without held-out sets."""
+    scorer, the real-text world's judge; a taste group's gold with `taste`) orders them (pairs whose
+    gold scores differ by less than GOLD_TIE are left out); (NaN, 0) without held-out sets."""
     if not sets:
         return float("nan"), 0
     prompts, texts = zip(*[(p, c) for p, cs in sets for c in cs])
     learned = score(list(prompts), list(texts)).tolist()
-    g = [s.overall for gs in data.gold_scores(sets) for s in gs]
+    g = [v for gs in data.gold_scores(sets) for v in (data.taste_values(gs, taste) or [s.overall for s in gs])]
     hits, start = [], 0
     for _, cs in sets:
         for i, j in combinations(range(start, start + len(cs)), 2):
@@ -46,6 +52,20 @@ def gold_accuracy(score, sets: list[tuple[str, list[str]]], data) -> tuple[float
                 hits.append((learned[i] > learned[j]) == (g[i] > g[j]))
         start += len(cs)
     return (mean(hits) if hits else float("nan")), len(hits)
+
+
+def gold_accuracy_per_taste(score, sets: list, data, conditions: list[str] | None) -> dict[str, float]:
+    """In a world with tastes: for each condition the reward model was trained with (none: the
+    reward model as it is), its order of the held-out completions, their prompts given that
+    condition, against each taste group's gold: `reward/gold/accuracy_<condition>_<taste>`
+    (`reward/gold/accuracy_<taste>` unconditioned)."""
+    out = {}
+    for c in conditions or [None]:
+        scored = score if c is None else \
+            (lambda ps, cs, c=c: score([conditioned(split_condition(str(p))[1], c) for p in ps], cs))
+        for taste in dict.fromkeys(getattr(data, "tastes", ())):
+            out["reward/gold/accuracy_" + (f"{c}_" if c else "") + taste] = gold_accuracy(scored, sets, data, taste)[0]
+    return out
 
 
 def heldout_sets(ctx: StageContext) -> list[tuple[str, list[str]]]:
@@ -61,9 +81,13 @@ def run(ctx: StageContext) -> None:
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     if s.objective == "classifier":
         return run_classifier(ctx, s)
-    rows = load_pairs(ctx.input_path(s.pairs, "pairs", "reward_model.pairs"))
+    pairs_path = ctx.input_path(s.pairs, "pairs", "reward_model.pairs")
+    rows = load_pairs(pairs_path)
+    if s.condition_on != "none":  # a reward model per person: "[labeler or group] " before each prompt
+        rows = condition_pairs(rows, s.condition_on, pairs_path)
+    person = person_field(rows, s.condition_on)  # None: comparison sets as always
     tokenizer, model = backbone(ctx, s)
-    dm = RowsDataModule(comparison_groups(rows), pair_collate(tokenizer, s.max_len), s.batch_size,
+    dm = RowsDataModule(person_comparison_groups(rows, person), pair_collate(tokenizer, s.max_len), s.batch_size,
                         s.val_fraction, ctx.cfg.seed)
     module = RewardModule(model, s)
     trainer = ctx.trainer("reward_model", checkpoint_every=s.checkpoint_every, max_epochs=s.epochs)
@@ -74,12 +98,21 @@ def run(ctx: StageContext) -> None:
                        key=lambda pc: (sort_key(pc[0]), pc[1]))
     ref_scores = score(*map(list, zip(*reference))).tolist()
     model.config.reward_mean, model.config.reward_std = mean(ref_scores), pstdev(ref_scores)
+    if s.condition_on != "none":  # what its prompts carry: "[id] " of a labeler or a group
+        model.config.condition_on = s.condition_on
+        model.config.conditions = sorted({p.extra[s.condition_on] for p in rows})
     ctx.save_pretrained("reward_model", "reward_model", model, tokenizer)
 
     metrics = {"reward/norm/mean": model.config.reward_mean, "reward/norm/std": model.config.reward_std}
+    if person is not None:  # held-out accuracy per person: each group's and labeler's val pairs
+        by_person = accuracy_by_person(score, [p for g in dm.val_rows for p in g["pairs"]])
+        metrics.update({f"reward/val/accuracy_{k}": acc for k, (acc, _) in by_person.items()})
+        metrics.update({f"reward/val/pairs_{k}": n for k, (_, n) in by_person.items()})
     if ctx.built["data"].simulated:
         acc, n = gold_accuracy(score, heldout_sets(ctx), ctx.built["data"])
         metrics.update({"reward/gold/accuracy": acc, "reward/gold/pairs": n})
+        metrics.update(gold_accuracy_per_taste(score, heldout_sets(ctx), ctx.built["data"],
+                                               getattr(model.config, "conditions", None)))
     ctx.run.log_metrics(metrics, step=trainer.global_step)
     shown = {**{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("reward/val/")}, **metrics}
     print("reward: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(shown.items())))

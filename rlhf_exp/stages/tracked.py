@@ -46,10 +46,11 @@ class Tracking:
             self.tags.update({"git_commit": commit, "mlflow.source.git.commit": commit})
 
     @contextlib.contextmanager
-    def run(self, name: str, parent=None, continue_id: str | None = None):
-        """A new tracked run for `name`, with the tags, params and config; or run `continue_id`
-        continued (its params and config were logged when it began)."""
-        with self.tracker.run(name, tags={**self.tags, "stage": name}, parent=parent, continue_id=continue_id) as run:
+    def run(self, name: str, parent=None, continue_id: str | None = None, stage: str | None = None):
+        """A new tracked run for `name` (tagged `stage`, default: the name), with the tags, params and
+        config; or run `continue_id` continued (its params and config were logged when it began)."""
+        with self.tracker.run(name, tags={**self.tags, "stage": stage or name}, parent=parent,
+                              continue_id=continue_id) as run:
             if not continue_id:
                 run.log_params(self.params)
                 run.log_text(self.config_yaml, "config.yaml")

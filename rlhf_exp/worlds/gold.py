@@ -10,6 +10,13 @@ small model trained on the world is scored on the same scale as the templates.
 
 Typical values: helpful ≈ 1, unhelpful ≈ 0, dishonest ≈ −0.4, combative ≈ −0.6, harmful ≈ −0.7,
 nonsense ≈ −1.
+
+A group of labelers with a taste (`data.tastes`, see `taste_gold`) ranks by its own gold: the overall
+score plus a taste term on the length of a helpful answer,
+
+    gold_taste = overall + sign(taste) · weight · helpfulness · clip((words − length) / length, −1, 1)
+
+with sign(thorough) = +1 (long helpful answers gain, short ones lose) and sign(brief) = −1.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ class GoldScore:
     toxicity: float      # [0, 1]: insults and contempt
     coherence: float     # [0, 1]: fluency; low for nonsense
     overall: float       # the weighted total above
+    n_words: int = 0     # how many words the completion has (what a taste weighs, `taste_gold`)
 
     @property
     def acceptable(self) -> bool:
@@ -92,10 +100,24 @@ class GoldScorer:
         toxicity = _clip(0.5 * len(self._insult.findall(text)))
         overall = (helpfulness - 1.0 * (1 - honesty) - 1.2 * (1 - harmlessness)
                    - 0.8 * toxicity - 1.0 * (1 - coh))
-        return GoldScore(helpfulness, honesty, harmlessness, toxicity, coh, overall)
+        return GoldScore(helpfulness, honesty, harmlessness, toxicity, coh, overall, len(ws))
 
     def score_batch(self, prompts: list[str], completions: list[str]) -> list[GoldScore]:
         return [self.score(p, c) for p, c in zip(prompts, completions)]
+
+
+TASTES = {"thorough": 1.0, "brief": -1.0}  # a taste -> the sign of its length term
+
+
+def taste_gold(score: GoldScore, taste: str | None, weight: float, length: int) -> float:
+    """A taste group's gold (module docstring): `overall` plus sign · weight · helpfulness ·
+    clip((words − length) / length, −1, 1); the overall score itself for no taste (None)."""
+    if taste is None:
+        return score.overall
+    if taste not in TASTES:
+        raise ValueError(f"unknown taste {taste!r}; expected one of {', '.join(TASTES)}")
+    longer = _clip((score.n_words - length) / length, -1.0, 1.0)
+    return score.overall + TASTES[taste] * weight * score.helpfulness * longer
 
 
 def _clip(x: float, lo: float = 0.0, hi: float = 1.0) -> float:

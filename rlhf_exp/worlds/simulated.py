@@ -42,10 +42,23 @@ class SimulatedWorld:
     def labelers(self) -> list[SimulatedLabeler]:
         rng = random.Random(f"labelers-{self.seed}")
         return make_labelers(self.n_labelers, self.poor_labelers, self.poor_mode, self.noise,
-                             self.tie_rate, self.flag_rate, rng)
+                             self.tie_rate, self.flag_rate, rng, self.labeler_tastes())
 
     def labeler_kinds(self) -> dict[str, str]:
         return {lab.id: lab.kind for lab in self.labelers()}
+
+    def labeler_tastes(self) -> tuple[str, ...]:
+        """The tastes the good labelers take in turn (labelers.make_labelers); none in a world without."""
+        return ()
+
+    def labeler_groups(self) -> dict[str, str]:
+        """The world's true taste groups: labeler id -> taste, for the labelers who have one (for
+        checking the groups `prepare` finds from the labels)."""
+        return {lab.id: lab.taste for lab in self.labelers() if lab.taste}
+
+    def taste_values(self, scores: list, taste: str | None) -> list[float] | None:
+        """Each completion's gold for a labeler of `taste` (None: rank by `overall`)."""
+        return None
 
     def rank(self, sets: list[tuple[str, list[str]]], salt: str = "", gold: list[list] | None = None) -> list[RankedSet]:
         """Each (prompt, completions) set ranked by `labelers_per_set` labelers drawn at random,
@@ -56,7 +69,8 @@ class SimulatedWorld:
         out = []
         for i, ((prompt, comps), scores) in enumerate(zip(sets, gold, strict=True)):
             chosen = sorted(rng.sample(labelers, self.labelers_per_set), key=lambda lab: lab.id)
-            out.append(RankedSet(prompt, list(comps), {lab.id: lab.rank(scores, rng) for lab in chosen}, i))
+            out.append(RankedSet(prompt, list(comps),
+                                 {lab.id: lab.rank(scores, rng, self.taste_values(scores, lab.taste)) for lab in chosen}, i))
         return out
 
     def thumbs(self, sets: list[tuple[str, list[str]]], gold: list[list] | None = None) -> list[Binary]:

@@ -10,8 +10,9 @@ from pydantic import Field
 
 from rlhf_exp.config import schema
 from rlhf_exp.feedback.formats import Feedback
+from rlhf_exp.feedback.persons import CONDITION_CHARS, check_condition, conditioned, split_condition
 from rlhf_exp.feedback.sources import LoadedFeedback
-from rlhf_exp.worlds.gold import GoldScore, GoldScorer
+from rlhf_exp.worlds.gold import TASTES, GoldScore, GoldScorer, taste_gold
 from rlhf_exp.worlds.simulated import SimulatedWorld
 from rlhf_exp.worlds.synthetic import World
 
@@ -31,19 +32,37 @@ class SyntheticData(SimulatedWorld):
     tie_rate: Annotated[float, Field(ge=0, le=1)]
     flag_rate: Annotated[float, Field(ge=0, le=1)]
     thumbs_noise: Annotated[float, Field(ge=0, le=1)]
+    # Preferences per person (conf/data/synthetic.yaml). Defaults here, off, unlike the house rule: a
+    # world built by hand without them (tests, scripts) is the world it always was.
+    tastes: tuple[Literal[tuple(TASTES)], ...] = ()   # the good labelers' tastes, in turn; () = none
+    taste_weight: Annotated[float, Field(ge=0)] = 1.0  # w of the taste term (gold.taste_gold)
+    taste_length: Annotated[int, Field(ge=1)] = 30     # words at which the taste term is 0
+    condition: str | None = None  # the person or group the prompts are for: "[condition] " before each
 
     @pydantic.model_validator(mode="after")
     def _consistent(self):
+        if self.condition is not None and not check_condition(self.condition):
+            raise ValueError(f"condition = {self.condition!r}: expected {CONDITION_CHARS} (a group or "
+                             "labeler id, e.g. G1)")
         return self._check_labelers()
+
+    def labeler_tastes(self) -> tuple[str, ...]:
+        return tuple(self.tastes)
+
+    def taste_values(self, scores: list[GoldScore], taste: str | None) -> list[float] | None:
+        """Each completion's gold for a labeler of `taste` (gold.taste_gold); None without one."""
+        if taste is None:
+            return None
+        return [taste_gold(g, taste, self.taste_weight, self.taste_length) for g in scores]
 
     def world(self) -> World:
         return World(self.seed, self.heldout_fraction)
 
     def train_prompts(self) -> list[str]:
-        return self.world().train_prompts
+        return [conditioned(p, self.condition) for p in self.world().train_prompts]
 
     def heldout_prompts(self) -> list[str]:
-        return self.world().heldout_prompts
+        return [conditioned(p, self.condition) for p in self.world().heldout_prompts]
 
     def sft_rows(self, styles: str, per_prompt: int) -> list[dict]:
         w = self.world()
@@ -51,12 +70,17 @@ class SyntheticData(SimulatedWorld):
 
     def gold_scores(self, sets: list[tuple[str, list[str]]]) -> list[list[GoldScore]]:
         gold = GoldScorer()
-        return [gold.score_batch([str(prompt)] * len(comps), comps) for prompt, comps in sets]  # a conversation: its last user turn
+        return [gold.score_batch([split_condition(str(prompt))[1]] * len(comps), comps)  # a conversation: its last
+                for prompt, comps in sets]                                                  # user turn; no condition
 
     def eval_measures(self, prompts: list, completions: list[str]) -> dict[str, list[float]]:
-        """The gold score and its toxicity part, per response."""
+        """The gold score and its toxicity part, per response; with tastes, each taste group's own gold
+        too (`gold_<taste>`)."""
         scores = [g for gs in self.gold_scores([(p, [c]) for p, c in zip(prompts, completions, strict=True)]) for g in gs]
-        return {"gold": [g.overall for g in scores], "toxicity": [g.toxicity for g in scores]}
+        out = {"gold": [g.overall for g in scores], "toxicity": [g.toxicity for g in scores]}
+        for taste in dict.fromkeys(self.tastes):
+            out[f"gold_{taste}"] = self.taste_values(scores, taste)
+        return out
 
     def heldout_sets(self, seed: int) -> list[tuple[str, list[str]]]:
         """Completion sets of the world's own styles for the held-out prompts (a reward model's gold
