@@ -111,7 +111,10 @@ def check_reused_split(run_dir: str, data) -> None:
     path = Path(run_dir) / REUSABLE["heldout"][0]
     if not path.is_file():
         return
-    theirs, ours = {sort_key(p) for p, _ in load_heldout(path)}, {sort_key(p) for p in data.heldout_prompts()}
+    from rlhf_exp.feedback.persons import split_condition
+    def key(p):  # a person's condition (data.condition) prefixes this run's prompts: compare without it
+        return split_condition(p)[1] if isinstance(p, str) else sort_key(p)
+    theirs, ours = {key(p) for p, _ in load_heldout(path)}, {key(p) for p in data.heldout_prompts()}
     if theirs and ours and theirs != ours:
         raise ConfigError(f"reuse = {run_dir}: its held-out prompts ({path}) are not this run's ({len(theirs & ours)} of "
                           f"{len(theirs)} shared): its world was split with another seed, and eval would score prompts "
