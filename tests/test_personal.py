@@ -22,6 +22,14 @@ DATA = dict(seed=0, heldout_fraction=0.2, sets_per_prompt=2, n_completions=4, n_
 
 # -- the world's tastes ----------------------------------------------------------------------------
 
+# one prompt, a brief answer and a thorough one: the two tastes order them differently
+JOKE = "Tell me a knock-knock joke."
+SHORT = "Knock knock. Who's there? Boo. Boo who? Don't cry, it's only a joke!"
+LONG = ("Knock knock. Who's there? Lettuce. Lettuce who? Lettuce in, it's cold out here! Knock knock. "
+        "Who's there? Boo. Boo who? Don't cry, it's only a joke! Knock knock. Who's there? Orange. "
+        "Orange who? Orange you glad I told a joke?")
+
+
 def test_a_groups_gold_by_hand():
     g = GoldScore(helpfulness=0.8, honesty=1, harmlessness=1, toxicity=0, coherence=1, overall=0.5, n_words=45)
     # clip((45 − 30) / 30) = 0.5; thorough + 1.5 · 0.8 · 0.5, brief − the same
@@ -64,11 +72,7 @@ def test_labelers_take_the_tastes_in_turn_and_the_poor_have_none():
 
 def test_the_groups_rank_the_same_completions_differently():
     data = SyntheticData(**DATA, tastes=("brief", "thorough"))
-    prompt = "Tell me a knock-knock joke."
-    short = "Knock knock. Who's there? Boo. Boo who? Don't cry, it's only a joke!"
-    long = ("Knock knock. Who's there? Lettuce. Lettuce who? Lettuce in, it's cold out here! Knock knock. "
-            "Who's there? Boo. Boo who? Don't cry, it's only a joke! Knock knock. Who's there? Orange. "
-            "Orange who? Orange you glad I told a joke?")
+    prompt, short, long = JOKE, SHORT, LONG
     scores = data.gold_scores([(prompt, [short, long])])[0]
     ranks = {}
     for taste in ("brief", "thorough", None):
@@ -238,11 +242,7 @@ def test_accuracy_by_person_by_hand():
 def test_gold_accuracy_per_taste_scores_under_each_condition_against_each_tastes_gold():
     from rlhf_exp.stages.reward_model import gold_accuracy_per_taste
     data = SyntheticData(**DATA, tastes=("brief", "thorough"))
-    prompt = "Tell me a knock-knock joke."
-    short = "Knock knock. Who's there? Boo. Boo who? Don't cry, it's only a joke!"
-    long = ("Knock knock. Who's there? Lettuce. Lettuce who? Lettuce in, it's cold out here! Knock knock. "
-            "Who's there? Boo. Boo who? Don't cry, it's only a joke! Knock knock. Who's there? Orange. "
-            "Orange who? Orange you glad I told a joke?")
+    prompt, short, long = JOKE, SHORT, LONG
     seen = []
 
     def shorter_is_better(prompts, completions):  # a reward model that likes brief answers
