@@ -67,7 +67,7 @@ run: setup
 # runs two workers (pytest-xdist; a module with a costly fixture stays on one): not yet run in full, so off
 PYTEST_N ?=
 test: setup browser labelstudio core
-	$(BIN)/python -m pytest -q $(PYTEST_N) -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_N) -m "not slow" $(ARGS)
 
 test-all: setup browser labelstudio core
 	$(BIN)/python -m pytest -q $(PYTEST_N) $(ARGS)
