@@ -8,7 +8,7 @@ import torch
 
 from rlhf_exp.feedback.consensus import pairwise_agreement, prepare_pairs
 from rlhf_exp.feedback.formats import Feedback, Pair, RankedSet
-from rlhf_exp.feedback.persons import (accuracy_by_person, condition_pairs, conditioned, find_groups,
+from rlhf_exp.feedback.persons import (accuracy_by_person, condition_pairs, conditioned, find_groups, one_persons_pairs,
                                        person_comparison_groups, split_condition)
 from rlhf_exp.feedback.prompts import Conversation
 from rlhf_exp.worlds.gold import GoldScore, GoldScorer, taste_gold
@@ -216,6 +216,17 @@ def test_condition_pairs_prefixes_the_prompt_and_names_the_file_when_a_field_is_
         condition_pairs(group_pairs(), "labeler", tmp_path / "pairs.jsonl")
 
 
+def test_one_persons_pairs_are_their_groups_or_labelers_and_a_stranger_is_refused_with_the_persons_named(tmp_path):
+    from rlhf_exp.files import FileError
+    pairs = group_pairs() + [Pair("prompt 9", "good", "bad", set_id=9, extra={"group": "G2", "labeler": "L05"})]
+    assert [(p.set_id, p.extra["group"]) for p in one_persons_pairs(pairs, "G1", "pairs.jsonl")] == [(i, "G1") for i in range(6)]
+    assert [p.set_id for p in one_persons_pairs(pairs, "L05", "pairs.jsonl")] == [9]
+    with pytest.raises(FileError, match=r"pairs\.jsonl: 1 bad field(.|\n)*person = 'G3'(.|\n)*groups G1, G2; labelers L05"):
+        one_persons_pairs(pairs, "G3", tmp_path / "pairs.jsonl")
+    with pytest.raises(FileError, match="no pair has a 'labeler' or 'group' field"):
+        one_persons_pairs([Pair("p", "a", "b")], "G1", "pairs.jsonl")
+
+
 def test_persons_pairs_keep_apart_and_split_by_the_unconditioned_prompt():
     from rlhf_exp.modules.data import split_by_prompt
     pairs = condition_pairs(group_pairs(), "group", "pairs.jsonl")
@@ -293,6 +304,11 @@ def test_the_conditioned_reward_model_reads_the_condition_in_its_input(tmp_path,
     from rlhf_exp.files import FileError
     with pytest.raises(FileError, match="field 'labeler': missing"):
         reward_model.run(ctx)
+    ctx = stage_context(tmp_path, f"reward_model.pairs={path}", "reward_model.person=G2")  # one person's: theirs alone
+    with pytest.raises(Stop):
+        reward_model.run(ctx)
+    rows = [p for g in seen["dm"].train_rows + seen["dm"].val_rows for p in g["pairs"]]
+    assert len(rows) == 6 and {p.extra["group"] for p in rows} == {"G2"} and rows[0].prompt == "prompt 0"
 
 
 # -- settings: refused when composed ---------------------------------------------------------------
@@ -304,7 +320,9 @@ def test_bad_person_settings_are_refused_with_the_file_named():
     for overrides, message in [(["prepare.pairs_from=group"], r"(?s)conf/prepare/default\.yaml.*find_groups=true"),
                                (["data.condition='a b'"], r"(?s)conf/data/synthetic\.yaml.*condition"),
                                (["data.tastes=[terse]"], r"(?s)conf/data/synthetic\.yaml.*tastes"),
-                               (["reward_model.condition_on=person"], r"(?s)conf/reward_model/default\.yaml.*condition_on")]:
+                               (["reward_model.condition_on=person"], r"(?s)conf/reward_model/default\.yaml.*condition_on"),
+                               (["reward_model.person=G1", "reward_model.condition_on=group"],
+                                r"(?s)conf/reward_model/default\.yaml.*expected one of them")]:
         cfg = compose("logger=none", *overrides)
         with pytest.raises(ConfigError, match=message):
             validate_config(cfg, {"prepare": "default", "data": "synthetic", "reward_model": "default"})

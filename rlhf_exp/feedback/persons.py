@@ -145,6 +145,21 @@ def condition_pairs(pairs: list, condition_on: str, source) -> list:
                     extra={**p.extra, "split_prompt": p.prompt}) for p in pairs]
 
 
+def one_persons_pairs(pairs: list, person: str, source) -> list:
+    """The pairs of one person: those whose `labeler` or `group` (from `prepare.pairs_from=labeler|group`)
+    is `person`; refused, with the persons the file has, when there are none."""
+    mine = [p for p in pairs if person in (p.extra.get("labeler"), p.extra.get("group"))]
+    if not mine:
+        from rlhf_exp.files import FileError
+        have = {f: sorted({str(p.extra[f]) for p in pairs if f in p.extra}) for f in ("group", "labeler")}
+        found = "; ".join(f"{f}s {', '.join(v)}" for f, v in have.items() if v) or \
+            "none: no pair has a 'labeler' or 'group' field (write them with prepare.pairs_from=labeler, or " \
+            "prepare.find_groups=true prepare.pairs_from=group)"
+        raise FileError(str(source), [f"reward_model.person = {person!r}: no pair is this person's "
+                                      f"(expected a labeler or group of the file: {found})"], unit="field")
+    return mine
+
+
 def person_field(pairs: list, condition_on: str) -> str | None:
     """The field that says whose preference a pair is: the condition's; for an unconditioned reward
     model on pairs of groups (`prepare.find_groups`: every pair has a `group`), the `labeler` when

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import pytorch_lightning as pl
 import torch
+import pydantic
 from pydantic import Field
 
 from rlhf_exp.config import schema
@@ -36,6 +37,15 @@ class RewardModelSettings:
     val_fraction: Annotated[float, Field(ge=0, lt=1)]
     max_len: Annotated[int, Field(ge=8)]
     condition_on: Literal["none", "labeler", "group"]  # whose preferences: the pair's field, "[id] " before its prompt
+    person: str | None          # one person's reward model: only the pairs whose `labeler` or `group` is this
+
+    @pydantic.model_validator(mode="after")
+    def _one_way(self):
+        if self.person is not None and self.condition_on != "none":
+            raise ValueError(f"person = {self.person!r} trains on one person's pairs alone, condition_on = "
+                             f"{self.condition_on!r} on everyone's with their id in the input: expected one of "
+                             "them (condition_on=none with person, or person=null)")
+        return self
 
 
 class RewardModule(pl.LightningModule):

@@ -12,8 +12,8 @@ from statistics import mean, pstdev
 import pytorch_lightning as pl
 
 from rlhf_exp.feedback.formats import load_heldout, load_pairs, load_thumbs
-from rlhf_exp.feedback.persons import (accuracy_by_person, condition_pairs, conditioned, person_comparison_groups,
-                                       person_field, split_condition)
+from rlhf_exp.feedback.persons import (accuracy_by_person, condition_pairs, conditioned, one_persons_pairs,
+                                       person_comparison_groups, person_field, split_condition)
 from rlhf_exp.feedback.prompts import sort_key
 from rlhf_exp.models.reward import batched_logits, classifier_texts, reward_scores
 from rlhf_exp.modules.checkpoints import check_resume
@@ -85,6 +85,8 @@ def run(ctx: StageContext) -> None:
     rows = load_pairs(pairs_path)
     if s.condition_on != "none":  # a reward model per person: "[labeler or group] " before each prompt
         rows = condition_pairs(rows, s.condition_on, pairs_path)
+    if s.person is not None:  # one person's reward model: their pairs alone
+        rows = one_persons_pairs(rows, s.person, pairs_path)
     person = person_field(rows, s.condition_on)  # None: comparison sets as always
     tokenizer, model = backbone(ctx, s)
     dm = RowsDataModule(person_comparison_groups(rows, person), pair_collate(tokenizer, s.max_len), s.batch_size,
@@ -101,6 +103,8 @@ def run(ctx: StageContext) -> None:
     if s.condition_on != "none":  # what its prompts carry: "[id] " of a labeler or a group
         model.config.condition_on = s.condition_on
         model.config.conditions = sorted({p.extra[s.condition_on] for p in rows})
+    if s.person is not None:
+        model.config.person = s.person
     ctx.save_pretrained("reward_model", "reward_model", model, tokenizer)
 
     metrics = {"reward/norm/mean": model.config.reward_mean, "reward/norm/std": model.config.reward_std}
