@@ -242,8 +242,9 @@ def figures(run_dir):
 
 def began(round_dir: Path) -> dict:
     """The stages a round's run record says have begun (empty until it is written)."""
+    from rlhf_exp.stages.record import RECORD
     try:
-        return json.loads((round_dir / "run.json").read_text())["runs"]
+        return json.loads((round_dir / RECORD).read_text())["runs"]
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return {}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import pydantic
 import pytorch_lightning as pl
 import torch
-import pydantic
 from pydantic import Field
 
 from rlhf_exp.config import schema
