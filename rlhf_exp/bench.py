@@ -35,7 +35,7 @@ from statistics import median
 import pytorch_lightning as pl
 import torch
 
-from rlhf_exp.config import option
+from rlhf_exp.config import option, user_cache_dir
 from rlhf_exp.core.ops import logprobs_from_logits
 from rlhf_exp.errors import UserError
 
@@ -56,7 +56,7 @@ def models(args):
         spec = option("model", "hf", name_or_path=args.model, **common)
     else:
         spec = option("model", "tiny", n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                      tokenizer_dir=os.environ.get("RLHF_EXP_CACHE", "outputs/cache") + "/tokenizers", **common)
+                      tokenizer_dir=user_cache_dir() + "/tokenizers", **common)
     tokenizer = spec.tokenizer()
     return tokenizer, spec.trainable(spec.causal_lm(tokenizer)), spec.sequence_classifier(tokenizer)
 

