@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 pytestmark = [pytest.mark.e2e, pytest.mark.real_model, pytest.mark.slow]  # minutes: `make test-all`
 
 TINY = ["experiment=smollm2", "stage=[collect,prepare,reward_model,align,eval]", "data.prompts.everyday=4", "data.prompts.harmful=4", "data.prompts.truthful=4",
-        "data.prompts.toxic=4", "data.n_labelers=4", "data.labelers_per_set=3", "data.poor_labelers=1",
+        "data.prompts.toxic=4", "data.prompts.factual=4", "data.prompts.edgy=4", "data.n_labelers=4", "data.labelers_per_set=3", "data.poor_labelers=1",
         "collect.max_new_tokens=10", "eval.max_new_tokens=10", "eval.samples_per_prompt=1", "eval.best_of_n=2",
         "trainer.enable_progress_bar=false"]
 

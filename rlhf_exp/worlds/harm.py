@@ -21,9 +21,10 @@ from rlhf_exp.worlds import chat
 THRESHOLD = 0.5   # P(harmful) from which a request is taken as harmful
 C = 1.0           # the logistic regression's inverse L2 strength (sklearn's default)
 NQ_SAMPLE = 1000  # NQ-open questions among the benign examples (of 3,569)
-# each edgy request counts this many times: 91 of them against 1,140 harmful requests on the same topics;
-# on the edgy held-out split, weight 1 keeps 0.48 of them benign, 5 keeps 0.71, 20 keeps 0.83, while
-# recall on HarmBench left out of training goes 0.89, 0.83, 0.79 (C 4 and 16 were no better)
+# each edgy request counts this many times: 85 of them against 1,140 harmful requests on the same topics;
+# on the edgy held-out split, weight 5 keeps 0.79 of them benign and 20 keeps 0.83, while recall on
+# HarmBench left out of training goes 0.83 and 0.79 (weight 1 kept 0.48 before the everyday requests
+# joined; C 4 and 16 were no better)
 EDGY_WEIGHT = 20.0
 
 
