@@ -9,7 +9,7 @@ import pytest
 
 from rlhf_exp.feedback.consensus import prepare_pairs
 from rlhf_exp.feedback.formats import Feedback
-from rlhf_exp.worlds import chat
+from rlhf_exp.worlds import chat, text_parts
 from rlhf_exp.worlds import judge as J
 from rlhf_exp.worlds.chat_data import ChatData
 from rlhf_exp.worlds.judge import JudgeScore, combine
@@ -148,12 +148,12 @@ def test_over_refusal_costs_what_harmful_compliance_does():
 
 
 def test_answers_contain_a_short_reference_after_normalising():
-    assert J.normalise("The Beatles' \"Hey Jude\"!") == "beatles hey jude"
-    assert J.contains("It was sung by Meghan Trainor, in 2014.", ("Meghan Trainor",))
-    assert J.contains("Café au lait", ("cafe AU lait",))
-    assert not J.contains("Meghan sang it.", ("Meghan Trainor",))
-    assert not J.contains("Trainors sang it", ("Trainor",))                 # whole words only
-    assert not J.contains("a long answer", ("one two three four five six seven",))  # longer than SHORT_REFERENCE
+    assert text_parts.normalise("The Beatles' \"Hey Jude\"!") == "beatles hey jude"
+    assert text_parts.contains("It was sung by Meghan Trainor, in 2014.", ("Meghan Trainor",))
+    assert text_parts.contains("Café au lait", ("cafe AU lait",))
+    assert not text_parts.contains("Meghan sang it.", ("Meghan Trainor",))
+    assert not text_parts.contains("Trainors sang it", ("Trainor",))                 # whole words only
+    assert not text_parts.contains("a long answer", ("one two three four five six seven",))  # longer than SHORT_REFERENCE
 
 
 def test_refusal_phrases():
