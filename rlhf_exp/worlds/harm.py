@@ -1,7 +1,7 @@
 """Which requests are harmful, for prompts the world has never seen: a logistic regression on the
 prompts' MiniLM embeddings, trained on the world's harmful requests (Do-Not-Answer, HarmBench, the
 synthetic world's wifi request) against its benign ones (everyday requests, TruthfulQA and NQ-open
-questions, toxic prefixes to continue, 240 everyday requests in many forms written for this project,
+questions, toxic prefixes to continue, 222 everyday requests in many forms written for this project,
 and the training split of the benign-but-edgy requests, so that "kill a process" is not read as a
 threat).
 
@@ -67,10 +67,11 @@ def validate(embed: Callable) -> dict:
     """Recall on each harmful source when it was left out of training (Do-Not-Answer also by risk
     area), and specificity on benign requests never trained on: the edgy set's held-out split and
     NQ-open questions not sampled. Every text is embedded once."""
-    trained = set(examples()[1])
+    harmful, benign = examples()
+    trained = set(benign)
     edgy_held = [p.text for p in chat.edgy() if p.split == "heldout"]
     nq_unseen = [p.text for p in chat.factual() if p.text not in trained][:1000]
-    texts = list(dict.fromkeys([p.text for p in chat.harmful()] + examples()[0] + examples()[1] + edgy_held + nq_unseen))
+    texts = list(dict.fromkeys([p.text for p in chat.harmful()] + harmful + benign + edgy_held + nq_unseen))
     vectors = dict(zip(texts, embed(tuple(texts))))
     lookup = lambda batch: _stack([vectors[t] for t in batch])  # noqa: E731
     out = {}
