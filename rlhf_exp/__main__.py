@@ -1,3 +1,3 @@
-from rlhf_exp.cli import main
+from rlhf_exp.tools.cli import main
 
 main()

@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     check.write()
 
     # 2. the benchmarks: the tiny GPT-2, then SmolLM2's shape (random weights) with LoRA and in full
-    bench = [py, "-m", "rlhf_exp.bench"]
+    bench = [py, "-m", "rlhf_exp.tools.bench"]
     tiny = ["--n-layer", "1", "--n-embd", "32", "--steps", "2", "--warmup", "1", "--batch", "4"] if args.cpu else []
     for precision in (["32-true"] if args.cpu else ["32-true", "bf16-mixed"]):
         for name in ("ppo", "dpo"):

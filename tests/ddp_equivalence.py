@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlhf_exp.config import option  # noqa: E402
 from rlhf_exp.feedback.formats import Pair  # noqa: E402
+from rlhf_exp.feedback.sets import comparison_groups  # noqa: E402
 from rlhf_exp.worlds.synthetic import World  # noqa: E402
 from rlhf_exp.modules import data  # noqa: E402
 
@@ -44,7 +45,7 @@ def main(stage: str, world: str, tokenizer_dir: str, out: str) -> None:
         from rlhf_exp.modules.reward import RewardModule
         s = option("reward_model", "default", batch_size=8, lr=1e-3, val_fraction=0.0)
         module, key = RewardModule(spec.sequence_classifier(tok), s), "reward/train/loss"
-        dm = data.RowsDataModule(data.comparison_groups(pairs), data.pair_collate(tok, 64), s.batch_size, 0.0, 0)
+        dm = data.RowsDataModule(comparison_groups(pairs), data.pair_collate(tok, 64), s.batch_size, 0.0, 0)
     else:
         from rlhf_exp.modules.dpo import DPOModule, cache_reference_logps
         s = option("algorithm", "dpo", batch_size=8, lr=1e-3, warmup_steps=0, val_fraction=0.0, max_len=64)

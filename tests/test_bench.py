@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlhf_exp.bench import main
+from rlhf_exp.tools.bench import main
 
 pytestmark = pytest.mark.e2e  # a real Trainer and generate per iteration: seconds, not milliseconds
 
@@ -57,7 +57,7 @@ def test_the_benchmark_runs_under_bfloat16_autocast(capsys, cache_dir, monkeypat
         plugins.append(type(trainer.precision_plugin).__name__)
         return trainer
     monkeypatch.setenv("RLHF_EXP_CACHE", str(cache_dir))
-    monkeypatch.setattr("rlhf_exp.bench.pl.Trainer", recorded)
+    monkeypatch.setattr("rlhf_exp.tools.bench.pl.Trainer", recorded)
     main(["dpo", "--precision", "bf16-mixed", "--seq-len", "16", "--batch", "4", "--steps", "2", "--warmup", "1",
           "--n-layer", "1", "--n-embd", "32"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -9,11 +9,11 @@ import pytest
 
 from rlhf_exp.feedback.consensus import prepare_pairs
 from rlhf_exp.feedback.formats import Feedback
+from rlhf_exp.tools.judge_cli import main as judge_main
 from rlhf_exp.worlds import chat, text_parts
 from rlhf_exp.worlds import judge as J
 from rlhf_exp.worlds.chat_data import ChatData
 from rlhf_exp.worlds.judge import JudgeScore, combine
-from rlhf_exp.worlds.judge_cli import main as judge_main
 from rlhf_exp.worlds.synthetic import World
 from tests.conftest import compose, settings
 
@@ -296,7 +296,7 @@ def test_answer_logprobs_batches_and_cuts_as_asked():
 
 
 def test_rlhf_exp_judge_takes_an_optional_reference_and_names_a_bad_one(tmp_path, capsys):
-    from rlhf_exp.worlds.judge_cli import judge_rows, read_rows
+    from rlhf_exp.tools.judge_cli import judge_rows, read_rows
     bad = tmp_path / "in.jsonl"
     bad.write_text(json.dumps({"prompt": "a?", "completion": "b", "reference": 3}) + "\n"
                    + json.dumps({"prompt": "a?", "completion": "b", "reference": " "}) + "\n", encoding="utf-8")
@@ -334,7 +334,7 @@ def test_the_user_cache_directory(monkeypatch, tmp_path):
 
 def test_a_blinded_side_by_side_hides_the_names_and_scores_the_readers_choices(tmp_path):
     from rlhf_exp.errors import UserError
-    from rlhf_exp.worlds import side_by_side as sbs
+    from rlhf_exp.tools import side_by_side as sbs
     prompts = [f"request {i}" for i in range(12)]
     answers = {"ref": [[f"plain words 0.{i}"] for i in range(12)], "dpo": [[f"other words 1.{i}"] for i in range(12)]}
     sbs.blind(prompts, answers, StandIn(), tmp_path, seed=0)
@@ -361,7 +361,7 @@ def test_a_blinded_side_by_side_hides_the_names_and_scores_the_readers_choices(t
 
 
 def test_written_pairs_are_scored_per_kind_with_and_without_their_reference(tmp_path):
-    from rlhf_exp.worlds import judge_check
+    from rlhf_exp.tools import judge_check
     rows = [{"kind": "a", "prompt": "p1", "chosen": "x y 2", "rejected": "x 1", "reference": None},
             {"kind": "a", "prompt": "p2", "chosen": "x 1", "rejected": "x y 2", "reference": None},
             {"kind": "b", "prompt": "p3", "chosen": "x 3", "rejected": "x 2", "reference": "r"}]

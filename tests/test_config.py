@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rlhf_exp.config import ConfigError
-from rlhf_exp.stages.pipeline import validate_config
+from rlhf_exp.stages.checks import validate_config
 from rlhf_exp.stages.tracked import flatten
 from tests.conftest import CONF, compose
 
@@ -126,7 +126,7 @@ def test_a_pipeline_reads_its_own_reward_model_with_the_source_made_for_it():
 
 
 def test_a_list_of_stages_runs_those_stages_in_pipeline_order():
-    from rlhf_exp.stages.pipeline import planned
+    from rlhf_exp.stages.runner import planned
     built = validate_config(compose("stage=[prepare,reward_model]"))
     assert planned(built["run"].stage) == ["prepare", "reward_model"] and planned("pipeline")[0] == "sft"
     for bad in ("stage=[reward_model,prepare]", "stage=[prepare,prepare]", "stage=[]", "stage=[prepare,label]"):
@@ -136,8 +136,10 @@ def test_a_list_of_stages_runs_those_stages_in_pipeline_order():
 
 def test_fsdp_is_refused_for_the_on_policy_algorithms_and_on_cpu():
     """Refused when the config is composed (before any work; exit 2 from the CLI like every ConfigError)."""
-    with pytest.raises(ConfigError, match="does not support manual optimisation"):
-        validate_config(compose("trainer=fsdp", "algorithm=grpo"))
+    for algorithm in ("grpo", "online_dpo"):  # every algorithm whose record says it generates while it trains
+        with pytest.raises(ConfigError, match=f"algorithm={algorithm}: an algorithm that generates while it trains "
+                                              "cannot under Lightning's FSDP"):
+            validate_config(compose("trainer=fsdp", f"algorithm={algorithm}"))
     with pytest.raises(ConfigError, match="Lightning's FSDP runs on GPUs only"):  # this machine has no GPU
         validate_config(compose("trainer=fsdp", "trainer.accelerator=cpu", "stage=sft"))
     with pytest.raises(ConfigError, match="algorithm.batch_size = 8 over 3 processes"):

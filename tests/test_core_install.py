@@ -40,7 +40,7 @@ def test_a_sweep_from_the_checkout_and_the_benchmarks_run_on_a_core_install(core
         assert (tmp_path / "sweep" / job / "policy" / "config.json").is_file()
         assert (tmp_path / "sweep" / job / "eval_summary.json").is_file()
 
-    proc = run(core_python, "-m", "rlhf_exp.bench", "dpo", "--steps", "2", "--warmup", "1", cwd=tmp_path)
+    proc = run(core_python, "-m", "rlhf_exp.tools.bench", "dpo", "--steps", "2", "--warmup", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert figures["bench"] == "dpo" and figures["median_step_s"] > 0

@@ -77,7 +77,8 @@ def ranked_pairs():
 
 
 def test_sets_come_back_from_their_pairs_with_ties_and_batch_every_completion_once(tiny):
-    from rlhf_exp.modules.data import encode_sets, set_ranks, set_rows_collate
+    from rlhf_exp.feedback.sets import set_ranks
+    from rlhf_exp.modules.data import encode_sets, set_rows_collate
     spec, tok = tiny
     pairs = ranked_pairs()
     assert set_ranks(pairs[:5]) == (["Carefully fix the bike, step by step.", "Fix the bike.", "I do not know.",

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from rlhf_exp.labeling import argilla, labelstudio
-from rlhf_exp.labeling.exchange import main
+from rlhf_exp.tools.exchange import main
 from rlhf_exp.feedback.formats import RankedSet, load_feedback, ranked_to_json
 from rlhf_exp.labeling.instructions import GUIDE
 from rlhf_exp.files import write_jsonl

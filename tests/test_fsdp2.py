@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM
 
 from rlhf_exp.config import ConfigError
-from rlhf_exp.stages.pipeline import validate_config
+from rlhf_exp.stages.checks import validate_config
 from tests.conftest import ROOT, compose
 
 pytestmark = pytest.mark.e2e
@@ -68,12 +68,11 @@ def test_fsdp2_is_composed_for_the_on_policy_algorithms_and_refused_elsewhere():
     for algorithm in ("ppo", "grpo", "rloo"):
         validate_config(compose("trainer=fsdp2", "stage=align", f"algorithm={algorithm}"))
     validate_config(compose("trainer=fsdp2", "trainer.accelerator=cpu", "trainer.devices=4", "stage=align"))
-    with pytest.raises(ConfigError, match="Lightning's FSDP does not support manual optimisation .* expected "
-                                          "trainer=fsdp2"):
+    with pytest.raises(ConfigError, match="cannot under Lightning's FSDP .* expected trainer=fsdp2 .* for grpo, ppo, rloo"):
         validate_config(compose("trainer=fsdp", "algorithm=ppo"))
-    refused = {("stage=pipeline",): "trainer=fsdp2 with stage sft, reward_model: only PPO, GRPO and RLOO shard",
+    refused = {("stage=pipeline",): "trainer=fsdp2 with stage sft, reward_model: only grpo, ppo, rloo shard",
                ("stage=sft",): "trainer=fsdp2 with stage sft:",
-               ("stage=align", "algorithm=dpo"): "trainer=fsdp2 with algorithm=dpo: .* expected algorithm=ppo",
+               ("stage=align", "algorithm=dpo"): "trainer=fsdp2 with algorithm=dpo: .* expected algorithm=grpo\\|ppo\\|rloo",
                ("stage=align", "model.lora_r=4"): "model.lora_r = 4 with trainer=fsdp2: .* expected model.lora_r=0",
                ("stage=align", "algorithm.ckpt_path=/tmp/x.ckpt"): "algorithm.ckpt_path = /tmp/x.ckpt with "
                                                                    "trainer=fsdp2: resuming a sharded run",

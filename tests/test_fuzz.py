@@ -143,7 +143,7 @@ def test_any_value_for_any_setting_is_accepted_or_refused_with_a_config_error(da
     from omegaconf import OmegaConf
 
     from rlhf_exp.config import ConfigError
-    from rlhf_exp.stages.pipeline import validate_config
+    from rlhf_exp.stages.checks import validate_config
     algorithm = data.draw(st.sampled_from(["ppo", "dpo", "grpo"]))
     cfg = composed(algorithm).copy()
     key = data.draw(st.sampled_from(sorted(leaves(cfg))))

@@ -107,7 +107,7 @@ def test_reusing_a_run_of_another_world_seed_is_refused(tmp_path):
     """`reuse=` with another `data.seed` splits the world differently: eval would score prompts the reused
     SFT policy and reward model trained on. Refused, naming the setting; the same seed passes."""
     from rlhf_exp.files import write_jsonl
-    from rlhf_exp.stages.pipeline import check_reused_split
+    from rlhf_exp.stages.checks import check_reused_split
     seed0 = settings("data", "synthetic", seed=0)
     write_jsonl(tmp_path / "heldout.jsonl", [{"prompt": p, "completions": ["a", "b"]} for p in seed0.heldout_prompts()])
     check_reused_split(str(tmp_path), seed0)

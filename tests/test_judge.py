@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from rlhf_exp.worlds import judge_check
+from rlhf_exp.tools import judge_check
+from rlhf_exp.tools.judge_cli import main as judge_main
 from rlhf_exp.worlds.judge import Judge, judge
-from rlhf_exp.worlds.judge_cli import main as judge_main
 from tests.conftest import ROOT
 
 DATA = ROOT / "tests" / "data"

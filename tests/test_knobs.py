@@ -15,9 +15,10 @@ import rlhf_exp.modules.ppo as ppo_module
 import rlhf_exp.modules.reward as reward_module
 from rlhf_exp.core.kl import kl_k1, kl_k3
 from rlhf_exp.feedback.formats import Pair
+from rlhf_exp.feedback.sets import comparison_groups
 from rlhf_exp.worlds.synthetic import World
 from rlhf_exp.models.value import ActorCritic
-from rlhf_exp.modules.data import PromptDataModule, RowsDataModule, comparison_groups, encode_pairs, pair_collate
+from rlhf_exp.modules.data import PromptDataModule, RowsDataModule, encode_pairs, pair_collate
 from rlhf_exp.modules.data import pair_rows_collate
 from tests.conftest import settings
 
@@ -348,7 +349,7 @@ def test_every_sft_knob_reaches_the_optimizer_and_the_sampler(tiny, monkeypatch)
 
 def stage_context(tmp_path, *overrides):
     from rlhf_exp.stages.context import StageContext
-    from rlhf_exp.stages.pipeline import validate_config
+    from rlhf_exp.stages.checks import validate_config
     from rlhf_exp.tracking.tracker import NullRun
     from tests.conftest import compose
     cfg = compose("logger=none", "experiment=smoke", *overrides)
@@ -451,10 +452,11 @@ def test_a_non_finite_loss_stops_the_stage_with_the_step_and_the_quantity_named(
 
 # -- checkpoints: every trained stage's interval and resume path reach its trainer ------------------
 
-@pytest.mark.parametrize("stage,node", [("sft", "sft"), ("reward_model", "reward_model"), ("dpo", "algorithm")])
+@pytest.mark.parametrize("stage,node", [("sft", "sft"), ("reward_model", "reward_model"), ("dpo", "algorithm"),
+                                        ("simpo", "algorithm")])
 def test_every_stage_checkpoint_setting_reaches_its_trainer_and_its_resume_check(tmp_path, monkeypatch, stage, node):
     from rlhf_exp.errors import UserError
-    from rlhf_exp.stages import dpo, reward_model, sft
+    from rlhf_exp.stages import dpo, reward_model, sft, simpo
     from rlhf_exp.stages.context import StageContext
     seen = {}
 
@@ -465,12 +467,14 @@ def test_every_stage_checkpoint_setting_reaches_its_trainer_and_its_resume_check
         seen["every"] = checkpoint_every
         raise Stop
     monkeypatch.setattr(StageContext, "trainer", trainer)
-    extra = ["algorithm=dpo"] if stage == "dpo" else []
+    extra = [f"algorithm={stage}"] if stage in ("dpo", "simpo") else []
     (tmp_path / "pairs.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' * 4)
     inputs = {"reward_model": ["reward_model.pairs=" + str(tmp_path / "pairs.jsonl")],
-              "dpo": ["algorithm.pairs=" + str(tmp_path / "pairs.jsonl")]}.get(stage, [])
+              "dpo": ["algorithm.pairs=" + str(tmp_path / "pairs.jsonl")],
+              "simpo": ["algorithm.pairs=" + str(tmp_path / "pairs.jsonl")]}.get(stage, [])
     ctx = stage_context(tmp_path, *extra, *inputs, f"{node}.checkpoint_every=7")
-    run = {"sft": sft.run, "reward_model": reward_model.run, "dpo": lambda c: dpo.run(c, c.built["algorithm"])}[stage]
+    run = {"sft": sft.run, "reward_model": reward_model.run, "dpo": lambda c: dpo.run(c, c.built["algorithm"]),
+           "simpo": lambda c: simpo.run(c, c.built["algorithm"])}[stage]
     with pytest.raises(Stop):
         run(ctx)
     assert seen["every"] == 7

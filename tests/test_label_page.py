@@ -271,14 +271,15 @@ def test_a_feedback_file_broken_while_serving_is_named_and_nothing_is_written(cl
 
 def label_context(tmp_path, *overrides):
     from rlhf_exp.stages.context import StageContext
-    from rlhf_exp.stages.pipeline import validate_config
+    from rlhf_exp.stages.checks import validate_config
     from rlhf_exp.tracking.tracker import NullRun
     cfg = compose("logger=none", "stage=label", *overrides)
     return StageContext(cfg, validate_config(cfg, {"label": "default"}), tmp_path, NullRun())
 
 
 def test_stage_label_composes_and_is_not_part_of_the_pipeline(feedback):
-    from rlhf_exp.stages.pipeline import STAGES, stages_to_run, validate_config
+    from rlhf_exp.stages.checks import validate_config
+    from rlhf_exp.stages.runner import STAGES, stages_to_run
     built = validate_config(compose("stage=label", f"label.feedback={feedback}"))
     assert built["run"].stage == "label" and built["label"].feedback == str(feedback)
     assert (built["label"].host, built["label"].port, built["label"].instructions) == ("127.0.0.1", 8765, None)
@@ -287,7 +288,7 @@ def test_stage_label_composes_and_is_not_part_of_the_pipeline(feedback):
 
 
 def test_stage_label_without_a_feedback_file_is_refused_naming_the_setting(tmp_path):
-    from rlhf_exp.stages.pipeline import validate_config
+    from rlhf_exp.stages.checks import validate_config
     with pytest.raises(ConfigError, match=r"label.feedback: no feedback file given; expected label.feedback=PATH"):
         validate_config(compose("stage=label"))
     with pytest.raises(ConfigError) as err:

@@ -315,7 +315,7 @@ def test_the_conditioned_reward_model_reads_the_condition_in_its_input(tmp_path,
 
 def test_bad_person_settings_are_refused_with_the_file_named():
     from rlhf_exp.config import ConfigError
-    from rlhf_exp.stages.pipeline import validate_config
+    from rlhf_exp.stages.checks import validate_config
     from tests.conftest import compose
     for overrides, message in [(["prepare.pairs_from=group"], r"(?s)conf/prepare/default\.yaml.*find_groups=true"),
                                (["data.condition='a b'"], r"(?s)conf/data/synthetic\.yaml.*condition"),

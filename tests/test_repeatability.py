@@ -51,7 +51,7 @@ def test_a_smoke_pipeline_repeats_bit_for_bit_and_compare_warns_on_different_tag
         assert run.data.tags["repeat.device"] == "cpu" and run.data.tags["repeat.torch"] == torch.__version__
     assert pipelines[0].data.metrics["eval/gold/policy"] == pipelines[1].data.metrics["eval/gold/policy"]
     uri = f"sqlite:///{tmp_path}/outputs/mlflow.db"
-    compare = [sys.executable, "-m", "rlhf_exp.tracking.compare", "--tracking-uri", uri, "--out", str(tmp_path / "cmp")]
+    compare = [sys.executable, "-m", "rlhf_exp.tools.compare", "--tracking-uri", uri, "--out", str(tmp_path / "cmp")]
     same = subprocess.run(compare, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert same.returncode == 0 and "warning" not in same.stderr
     client.set_tag(pipelines[1].info.run_id, "repeat.threads", "16")  # as if run on another machine

@@ -83,8 +83,9 @@ def rows_stage(tiny, stage):
     """(module, data module) of a stage at tiny sizes, built from the same seed each time: 9 training
     rows in batches of 4 (3 steps an epoch, the last one short), 3 for validation, dropout 0.1."""
     from rlhf_exp.feedback.formats import Pair
-    from rlhf_exp.modules.data import (RowsDataModule, comparison_groups, encode_pairs, pair_collate,
-                                       pair_rows_collate, sft_collate)
+    from rlhf_exp.feedback.sets import comparison_groups
+    from rlhf_exp.modules.data import (RowsDataModule, encode_pairs, pair_collate, pair_rows_collate,
+                                       sft_collate)
     from tests.conftest import settings
     spec, tok = tiny
     pl.seed_everything(0, verbose=False)

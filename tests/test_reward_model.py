@@ -9,9 +9,10 @@ from transformers import AutoModelForSequenceClassification
 
 from rlhf_exp.config import ConfigError
 from rlhf_exp.feedback.formats import Pair
+from rlhf_exp.feedback.sets import comparison_groups
 from rlhf_exp.models.generation import reward_text
 from rlhf_exp.models.reward import ClassifierReward, LearnedReward, reward_scores
-from rlhf_exp.modules.data import RowsDataModule, comparison_groups, pair_collate
+from rlhf_exp.modules.data import RowsDataModule, pair_collate
 from rlhf_exp.modules.reward import RewardModule
 from tests.conftest import settings
 

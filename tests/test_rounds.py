@@ -15,7 +15,7 @@ import torch
 
 from rlhf_exp.config import ConfigError
 from rlhf_exp.stages import rounds
-from rlhf_exp.stages.pipeline import validate_config
+from rlhf_exp.stages.checks import validate_config
 from tests.conftest import compose, settings
 
 

@@ -47,7 +47,7 @@ def test_clip_sweep_reuses_earlier_stages_records_each_job_and_compares(cli, tmp
         assert [k.info.status for k in kids] == ["FAILED"] and kids[0].data.tags["error"]
         assert run.data.tags["error"]
 
-    out = subprocess.run([sys.executable, "-m", "rlhf_exp.tracking.compare", "--sweep", "outputs/sweep",
+    out = subprocess.run([sys.executable, "-m", "rlhf_exp.tools.compare", "--sweep", "outputs/sweep",
                           "--tracking-uri", f"sqlite:///{tmp_path}/outputs/mlflow.db", "--out", str(tmp_path / "cmp")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -75,7 +75,7 @@ def test_clip_sweep_reuses_earlier_stages_records_each_job_and_compares(cli, tmp
     study = pipeline_runs(client, sweep_id="outputs/study")
     assert sorted((r.data.params["algorithm.kl_coef"], r.data.params["eval.best_of_n"]) for r in study) == [
         ("0.1", "8"), ("0.3", "4"), ("1.0", "2")]
-    out = subprocess.run([sys.executable, "-m", "rlhf_exp.tracking.compare", "--sweep", "outputs/study",
+    out = subprocess.run([sys.executable, "-m", "rlhf_exp.tools.compare", "--sweep", "outputs/study",
                           "--tracking-uri", f"sqlite:///{tmp_path}/outputs/mlflow.db", "--out", str(tmp_path / "study")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -133,7 +133,7 @@ def test_the_frontier_sweep_draws_every_method_over_seeds(cli, tmp_path, base):
     assert sorted((r.data.tags["algorithm"], r.data.params["seed"]) for r in runs) == [
         ("dpo", "0"), ("dpo", "1"), ("ppo", "0"), ("ppo", "1")]
     assert {r.data.params.get("algorithm.kl_coef") or r.data.params["algorithm.beta"] for r in runs} == {"0.5", "1.0"}
-    out = subprocess.run([sys.executable, "-m", "rlhf_exp.tracking.compare", "--sweep", "outputs/frontier",
+    out = subprocess.run([sys.executable, "-m", "rlhf_exp.tools.compare", "--sweep", "outputs/frontier",
                           "--tracking-uri", f"sqlite:///{tmp_path}/outputs/mlflow.db", "--out", str(tmp_path / "fr")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr

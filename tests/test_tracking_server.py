@@ -63,7 +63,7 @@ def test_a_parallel_sweep_against_a_tracking_server_is_recorded_whole_and_compar
         assert {a.path for a in client.list_artifacts(ev.info.run_id)} >= {"eval_summary.json", "eval_rewards.png"}
     assert len(list(artifacts.rglob("eval_summary.json"))) == 3  # in the server's artifact store
 
-    out = subprocess.run([sys.executable, "-m", "rlhf_exp.tracking.compare", "--sweep", "outputs/sweep",
+    out = subprocess.run([sys.executable, "-m", "rlhf_exp.tools.compare", "--sweep", "outputs/sweep",
                           "--tracking-uri", url, "--out", str(tmp_path / "cmp")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr

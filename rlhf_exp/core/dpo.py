@@ -32,3 +32,16 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     chosen_rewards = (beta * (policy_chosen_logps - ref_chosen_logps)).detach()
     rejected_rewards = (beta * (policy_rejected_logps - ref_rejected_logps)).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def simpo_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, beta: float, gamma: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SimPO (Meng et al., 2024): reference-free, length-normalised. Per-pair losses (B,) and the
+    implicit rewards of the chosen and rejected completions (B,).
+
+    Inputs are (B,) means of log-probs over each completion's tokens (log π(y|x) / |y|).
+    loss = −log σ(β·(c − r) − γ), γ the target reward margin; rewards β·c and β·r, detached.
+    """
+    chosen_rewards, rejected_rewards = beta * chosen_avg_logps, beta * rejected_avg_logps
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)
+    return losses, chosen_rewards.detach(), rejected_rewards.detach()

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 
 from rlhf_exp.feedback.prompts import Conversation, Prompt
+from rlhf_exp.feedback.sets import comparison_groups
 
 _CONDITION = re.compile(r"^\[([A-Za-z0-9_.-]+)\] ")
 CONDITION_CHARS = "letters, digits, '_', '.' or '-'"
@@ -172,11 +173,10 @@ def person_field(pairs: list, condition_on: str) -> str | None:
 
 
 def person_comparison_groups(pairs: list, person: str | None) -> list[dict]:
-    """Comparison groups (modules/data.comparison_groups) kept apart by person: one per (prompt, set,
+    """Comparison groups (sets.comparison_groups) kept apart by person: one per (prompt, set,
     person), so a conditioned and an unconditioned reward model take the same steps over the same
     pairs; each carries `split_prompt`, the prompt without its condition, which the train/val split
     uses (both see the same split)."""
-    from rlhf_exp.modules.data import comparison_groups
     if person is None:
         return comparison_groups(pairs)
     groups: dict[tuple, dict] = {}

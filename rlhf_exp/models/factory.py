@@ -9,8 +9,6 @@ tokenizer has a PAD distinct from EOS and pads on the left, for batched generati
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,7 +16,7 @@ import pydantic
 from pydantic import Field
 
 from rlhf_exp.config import schema
-from rlhf_exp.errors import UserError, require
+from rlhf_exp.gguf import dequantize_gguf
 from rlhf_exp.models.training import Training
 
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
@@ -231,33 +229,6 @@ def check_model_dir(path: Path, field: str | None = None) -> None:
                            if pickled else ""))
     if not any((path / t).is_file() for t in TOKENIZER):
         raise UserError(f"{where}: no tokenizer ({' or '.join(TOKENIZER)}); save the tokenizer into it too")
-
-
-def dequantize_gguf(gguf: Path, out: Path) -> Path:
-    """A GGUF file -> a save_pretrained directory (config, float weights, tokenizer with its chat
-    template). transformers dequantizes the file; the model it gives carries GGUF's quantization
-    marker, which save_pretrained refuses, so the weights go into a model built from the same config."""
-    import copy
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    if not gguf.is_file():
-        raise UserError(f"model.gguf_file = {str(gguf)!r}: no such file (resolved to {gguf.resolve()})")
-    require("gguf", f"reading the GGUF file {gguf.name}", "models")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = copy.deepcopy(loaded.config)
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(loaded.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process made it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def label_config(labels: list[str] | None) -> dict:

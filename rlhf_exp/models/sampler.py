@@ -9,7 +9,7 @@
   on the first minibatch) holds exactly. Costs a second copy of the weights. For a policy without
   adapters there is nothing to merge: it samples itself.
 
-SmolLM2-135M with LoRA r 16, 8 prompts × 24 tokens on 2 CPU threads: `python -m rlhf_exp.bench
+SmolLM2-135M with LoRA r 16, 8 prompts × 24 tokens on 2 CPU threads: `python -m rlhf_exp.tools.bench
 rollout --model smollm2 --lora-r 16` (README, "Benchmark")."""
 from __future__ import annotations
 

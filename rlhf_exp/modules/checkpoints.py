@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from rlhf_exp.errors import UserError
+from rlhf_exp.modules.algorithms import record_of
 
 
 class PeriodicCheckpoint(pl.Callback):
@@ -83,16 +84,11 @@ def check_checkpoint(path: str | None, field: str, key: str | None = None, max_s
 
 
 def check_resume(s, field: str) -> None:
-    """check_checkpoint for a stage's settings `s` (their `ckpt_path`): the on-policy algorithms'
-    loop state and iterations, or the epochs of the others."""
-    from rlhf_exp.modules.grpo import ALGORITHMS
-    from rlhf_exp.modules.ppo import PPOSettings
-    if isinstance(s, PPOSettings):
-        limits = {"key": "ppo", "max_steps": s.max_steps}
-    elif type(s) in ALGORITHMS:
-        limits = {"key": ALGORITHMS[type(s)][0], "max_steps": s.max_steps}
-    elif hasattr(s, "max_steps"):  # online DPO: its steps, its own loop state
-        limits = {"key": "online_dpo", "max_steps": s.max_steps}
+    """check_checkpoint for a stage's settings `s` (their `ckpt_path`): by the algorithm's record, its
+    loop state and iterations (or steps), or the epochs of the others (and of sft and the reward model)."""
+    record = record_of(s)
+    if record is not None and record.resumes_by != "epochs":
+        limits = {"key": record.name, "max_steps": s.max_steps}
     else:
         limits = {"max_epochs": s.epochs}
     check_checkpoint(s.ckpt_path, field, **limits)

@@ -10,6 +10,7 @@ import torch
 from pydantic import Field
 
 from rlhf_exp.config import schema
+from rlhf_exp.modules.algorithms import Algorithm, register
 from rlhf_exp.core.dpo import dpo_loss
 from rlhf_exp.core.listwise import plackett_luce_loss
 from rlhf_exp.distributed import global_mean_loss
@@ -50,6 +51,10 @@ class DPOSettings(InLoopEvalSettings):
     warmup_steps: Annotated[int, Field(ge=0)]
     max_len: Annotated[int, Field(ge=8)]
     val_fraction: Annotated[float, Field(ge=0, lt=1)]
+
+
+register(Algorithm(name="dpo", settings=DPOSettings, stage="rlhf_exp.stages.dpo.run", on_policy=False, shardable=False,
+                   resumes_by="epochs", curve="dpo/rewards/margin", kl_knob="algorithm.beta"))
 
 
 def pair_refs(chunk: list[dict], logps: list[float]) -> list[tuple[float, float]]:

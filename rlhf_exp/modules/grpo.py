@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 
 from rlhf_exp.config import schema
+from rlhf_exp.modules.algorithms import Algorithm, record_of, register
 from rlhf_exp.core.grpo import group_advantages, reinforce_loss, rloo_advantages, sequence_rewards
 from rlhf_exp.core.kl import KL_ESTIMATORS
 from rlhf_exp.core.ops import AGGREGATIONS, aggregate_loss, entropy_from_logits, logprobs_from_logits, masked_mean
@@ -92,6 +93,12 @@ class RLOOSettings(_GroupSettings):
     kl_horizon: Annotated[int, Field(ge=1)]
 
 
+register(Algorithm(name="grpo", settings=GRPOSettings, stage="rlhf_exp.stages.grpo.run", on_policy=True, shardable=True,
+                   resumes_by="iterations", curve="grpo/reward/score_mean", kl_knob="algorithm.beta"))
+register(Algorithm(name="rloo", settings=RLOOSettings, stage="rlhf_exp.stages.grpo.run", on_policy=True, shardable=True,
+                   resumes_by="iterations", curve="rloo/reward/score_mean", kl_knob="algorithm.kl_coef"))
+
+
 def grpo_advantages(s: GRPOSettings, scores, kl, mask, kl_coef) -> torch.Tensor:
     """(B,) sequence advantages: group-normalised scores (minus β·Σ KL when the penalty is in the reward)."""
     rewards = sequence_rewards(scores, kl, mask, s.beta) if s.kl_penalty == "reward" else scores
@@ -101,9 +108,6 @@ def grpo_advantages(s: GRPOSettings, scores, kl, mask, kl_coef) -> torch.Tensor:
 def rloo_sequence_advantages(s: RLOOSettings, scores, kl, mask, kl_coef) -> torch.Tensor:
     """(B,) sequence advantages: leave-one-out baseline of score − kl_coef·Σ KL."""
     return rloo_advantages(sequence_rewards(scores, kl, mask, kl_coef), s.group_size)
-
-
-ALGORITHMS = {GRPOSettings: ("grpo", grpo_advantages), RLOOSettings: ("rloo", rloo_sequence_advantages)}
 
 
 class GroupModule(pl.LightningModule):
@@ -117,7 +121,8 @@ class GroupModule(pl.LightningModule):
         self.policy, self.ref, self.tokenizer, self.reward, self.s = lm, ref_lm, tokenizer, reward, s
         if isinstance(ref_lm, torch.nn.Module):  # a copy (a LoRA policy's reference is itself, adapters off)
             ref_lm.requires_grad_(False)
-        self.prefix, self.sequence_advantages = ALGORITHMS[type(s)]
+        self.prefix = record_of(s).name  # metrics, checkpoint state and samples under grpo/ or rloo/
+        self.sequence_advantages = grpo_advantages if isinstance(s, GRPOSettings) else rloo_sequence_advantages
         self.kl_ctl = kl_controller(s) if isinstance(s, RLOOSettings) else None  # GRPO's β is fixed
         self.kl_estimator = KL_ESTIMATORS[s.kl_estimator]
         self.shuffle = torch.Generator().manual_seed(seed)

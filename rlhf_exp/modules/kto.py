@@ -11,6 +11,7 @@ import torch
 from pydantic import Field
 
 from rlhf_exp.config import schema
+from rlhf_exp.modules.algorithms import Algorithm, register
 from rlhf_exp.core.kto import kto_loss, kto_reference_point
 from rlhf_exp.distributed import global_mean, global_mean_loss
 from rlhf_exp.modules.data import encode_completion, right_padded
@@ -35,6 +36,10 @@ class KTOSettings(InLoopEvalSettings):
     warmup_steps: Annotated[int, Field(ge=0)]
     max_len: Annotated[int, Field(ge=8)]
     val_fraction: Annotated[float, Field(ge=0, lt=1)]
+
+
+register(Algorithm(name="kto", settings=KTOSettings, stage="rlhf_exp.stages.kto.run", on_policy=False, shardable=False,
+                   resumes_by="epochs", curve="kto/train/loss", kl_knob="algorithm.beta"))
 
 
 def encode_thumbs(tokenizer, thumbs, max_len: int) -> list[dict]:

@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 
 from rlhf_exp.config import schema
+from rlhf_exp.modules.algorithms import Algorithm, register
 from rlhf_exp.core.dpo import dpo_loss
 from rlhf_exp.distributed import global_mean, global_mean_loss
 from rlhf_exp.models.sampler import rollout_model
@@ -42,6 +43,11 @@ class OnlineDPOSettings(InLoopEvalSettings):
     warmup_steps: Annotated[int, Field(ge=0)]
     sample_every: Annotated[int, Field(ge=0)]
     n_samples: Annotated[int, Field(ge=1)]
+
+
+register(Algorithm(name="online_dpo", settings=OnlineDPOSettings, stage="rlhf_exp.stages.online_dpo.run",
+                   on_policy=True, shardable=False, resumes_by="steps", curve="online_dpo/reward/score_mean",
+                   kl_knob="algorithm.beta"))
 
 
 def pair_by_score(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

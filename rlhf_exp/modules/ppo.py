@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from rlhf_exp.config import schema
+from rlhf_exp.modules.algorithms import Algorithm, register
 from rlhf_exp.core.kl import KL_ESTIMATORS
 from rlhf_exp.core.ops import entropy_from_logits, logprobs_from_logits, masked_mean, masked_whiten
 from rlhf_exp.core.ppo import gae, policy_loss, shape_rewards, total_loss, value_loss
@@ -74,6 +75,10 @@ class PPOSettings(InLoopEvalSettings):
             raise ValueError("value_init = 'reward': expected value_model = 'separate' (the critic is a "
                              "copy of the reward model)")
         return self
+
+
+register(Algorithm(name="ppo", settings=PPOSettings, stage="rlhf_exp.stages.ppo.run", on_policy=True, shardable=True,
+                   resumes_by="iterations", curve="ppo/reward/score_mean", kl_knob="algorithm.kl_coef"))
 
 
 class PPOModule(pl.LightningModule):

@@ -7,7 +7,8 @@ import pytorch_lightning as pl
 from rlhf_exp.distributed import rank
 from rlhf_exp.files import write_jsonl
 from rlhf_exp.modules.data import PromptDataModule
-from rlhf_exp.modules.grpo import ALGORITHMS, GroupModule, GRPOSettings, RLOOSettings
+from rlhf_exp.modules.algorithms import record_of
+from rlhf_exp.modules.grpo import GroupModule, GRPOSettings, RLOOSettings
 from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.stages.context import StageContext
 
@@ -20,7 +21,7 @@ def run(ctx: StageContext, s: GRPOSettings | RLOOSettings) -> None:
     spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
     tokenizer = spec.tokenizer()
     lm = spec.trainable(spec.causal_lm(tokenizer))   # LoRA adapters when model.lora_r > 0
-    prefix = ALGORITHMS[type(s)][0]
+    prefix = record_of(s).name
     reward, gold_callbacks = ctx.rollout_reward(prefix)  # in a simulated world, the gold of each iteration's rollouts too
     ref = ctx.reference(lm)                              # with LoRA: the same network, adapters off (rounds: maybe SFT)
     module = GroupModule(lm, ref, tokenizer, reward, s, seed=ctx.cfg.seed)

@@ -16,19 +16,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Literal
 
 import pydantic
+import pytorch_lightning as pl
 
-from rlhf_exp.config import ConfigError, schema
-from rlhf_exp.distributed import is_main, rank
-from rlhf_exp.errors import UserError
+from rlhf_exp.config import schema
+from rlhf_exp.distributed import is_main
 from rlhf_exp.feedback.formats import binary_to_json, load_feedback, load_pairs, load_thumbs
 from rlhf_exp.files import write_json, write_jsonl
+from rlhf_exp.stages import eval as eval_stage
 from rlhf_exp.stages.context import StageContext
 from rlhf_exp.stages.record import RECORD, RunRecord, resume_checkpoints
+from rlhf_exp.stages.runner import (begin_record, eval_summary, parent_run, print_ui_links, reused_outputs,
+                                    run_stage, scratch, this_rank)
 from rlhf_exp.stages.tracked import Tracking
 
 ROUND_STAGES = ("collect", "prepare", "reward_model", "align", "eval")  # the stages of one round, in order
@@ -116,28 +118,6 @@ def stage_seed(seed: int, k: int, stage: str) -> int:
     return int(hashlib.sha256(f"{seed}-round{k}-{stage}".encode()).hexdigest()[:8], 16)
 
 
-def check_series(built: dict) -> None:
-    """rounds > 1 chooses every round's inputs itself: refuse the settings that would fix them for
-    every round (each named), before any work."""
-    n, fixed = built["run"].rounds, []
-    for node, keys in (("collect", ("policy",)), ("prepare", ("feedback",)), ("algorithm", ("policy", "ckpt_path")),
-                       ("reward_model", ("pairs", "thumbs", "ckpt_path")), ("sft", ("ckpt_path",)),
-                       ("eval", ("policy",))):
-        fixed += [f"{node}.{k} = {getattr(built[node], k)!r}" for k in keys if getattr(built[node], k, None)]
-    if fixed:
-        raise ConfigError(f"rounds = {n}: {', '.join(fixed)}; a series chooses each round's inputs itself (the last "
-                          "round's policy, every round's pairs so far; see the `series` group) and resume=RUN_DIR "
-                          "goes on from its checkpoints; expected null")
-    if built["run"].reuse and "policy" not in reused_outputs(built["run"].reuse):
-        raise ConfigError(f"reuse = {built['run'].reuse!r} with rounds = {n}: a series reuses only an earlier run's "
-                          "sft/ policy, which that directory does not hold; expected a pipeline run dir with sft/")
-
-
-def reused_outputs(run_dir: str) -> dict[str, Path]:
-    from rlhf_exp.stages.pipeline import reused_outputs as found
-    return found(run_dir)
-
-
 def round_inputs(s: SeriesSettings, built: dict, run_dir: Path, k: int, sft: Path,
                  write_dir: Path | None = None) -> tuple[dict, dict[str, Path]]:
     """(the settings round k runs with, the outputs its stages start from): collect from the last
@@ -171,51 +151,16 @@ class Series:
     """One invocation of a series: its tracking, its record, and the runner of each stage."""
 
     def __init__(self, cfg, built: dict, tags: dict):
-        from rlhf_exp.tracking.tracker import NoTracker
         self.cfg, self.s, self.n = cfg, built["series"], built["run"].rounds
         self.main = is_main()
         self.main_dir = Path(cfg.paths.output_dir)
-        if not self.main:  # another rank of a DDP run: the same work, its files in scratch dirs, no tracking
-            built = {**built, "logger": NoTracker()}
-        self.built, self.tags = built, {**tags, "rounds": self.n}
+        self.built, self.tags = this_rank(built), {**tags, "rounds": self.n}
         self.resumed = bool(cfg.resume)
-        self.record = RunRecord.load(self.main_dir, self.main) if self.resumed else RunRecord(self.main_dir, self.main)
-        if self.resumed and "pipeline" in self.record.done:
-            raise UserError(f"resume = {cfg.resume}: that run finished ({', '.join(self.record.done)}); nothing to resume")
-
-    def scratch(self, where: Path) -> Path:
-        """Where this rank writes: `where` for rank 0, a scratch dir under it for the others."""
-        out = where if self.main else where / f".rank{rank()}"
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-
-    def run_stage(self, name: str, ctx: StageContext, tracking: Tracking, record: RunRecord, parent) -> None:
-        """One stage in its own tracked run (continued when this invocation resumes it), as
-        pipeline.run_stages runs each; recorded in `record`."""
-        from rlhf_exp.stages.pipeline import RANK0_STAGES, STAGES, share_outputs
-        if name in RANK0_STAGES and not self.main:  # rank 0 samples and writes; this rank takes its files
-            ctx.outputs.update(share_outputs(ctx.outputs, ctx.main_dir))
-            return
-        continued = record.runs.get(name) if self.resumed else None
-        with tracking.run(name, parent, continue_id=continued) as run:
-            record.began(name, run.id)
-            ctx.run = run
-            t0 = time.perf_counter()
-            STAGES[name](ctx)
-            seconds = time.perf_counter() - t0
-            run.log_metrics({f"{name}/perf/seconds": seconds})
-            if self.main:
-                print(f"[{ctx.run_dir.name}/{name}] done in {seconds:.1f} s" if ctx.run_dir.name.startswith("round_")
-                      else f"[{name}] done in {seconds:.1f} s; outputs in {ctx.run_dir}")
-        if name in RANK0_STAGES:
-            share_outputs(ctx.outputs, ctx.main_dir)
-        record.finished(name, ctx.outputs)
+        self.record = begin_record(self.main_dir, cfg.resume)
 
     def run(self) -> float | None:
-        from rlhf_exp.stages.pipeline import print_ui_links
-        from rlhf_exp.stages import eval as eval_stage
         cfg, built = self.cfg, self.built
-        run_dir = self.scratch(self.main_dir)
+        run_dir = scratch(self.main_dir)
         outputs: dict[str, Path] = {}  # the series' own: the SFT policy, then the last round's outputs
         if cfg.reuse:
             outputs["policy"] = reused_outputs(cfg.reuse)["policy"]
@@ -227,12 +172,10 @@ class Series:
         tracking = Tracking(built["logger"], cfg, self.tags)
         summary = None
         with built["logger"].keeping_writes(self.main_dir):
-            continued = self.record.runs.get("pipeline") if self.resumed else None
-            with tracking.run("pipeline", continue_id=continued) as parent:
-                self.record.began("pipeline", parent.id)
+            with parent_run(tracking, self.record, self.resumed) as parent:
                 if "policy" not in outputs and "sft" not in self.record.done:
                     ctx = StageContext(cfg, series_built, run_dir, None, outputs, self.main_dir)
-                    self.run_stage("sft", ctx, tracking, self.record, parent)
+                    run_stage("sft", ctx, tracking, self.record, parent, self.resumed)
                 for k in range(1, self.n + 1):
                     if f"round_{k}" in self.record.done:
                         continue
@@ -243,8 +186,7 @@ class Series:
                         return None
                     self.record.finished(f"round_{k}", outputs | self.last_outputs)
                     outputs = {**outputs, **self.last_outputs}
-                if "eval_summary" in outputs:
-                    summary = json.loads(Path(outputs["eval_summary"]).read_text(encoding="utf-8"))
+                summary = eval_summary(outputs)
                 parent.set_tags({"waiting": ""})
             self.record.finished("pipeline", outputs)
         if summary and self.main:
@@ -256,10 +198,9 @@ class Series:
     def run_round(self, k: int, sft: Path, parent) -> str | None:
         """Round k, each stage in its own run under the round's run; returns a message when the round
         waits for people's rankings (collect=human), else None."""
-        import pytorch_lightning as pl
         cfg, main_dir = self.cfg, self.main_dir
         where = round_dir(main_dir, k)
-        rdir = self.scratch(where)
+        rdir = scratch(where)
         resumed = self.resumed and (where / RECORD).is_file()
         record = RunRecord.load(where, self.main) if resumed else RunRecord(where, self.main)
         built, outputs = round_inputs(self.s, self.built, main_dir, k, sft, rdir)
@@ -291,7 +232,7 @@ class Series:
                     write_jsonl(rdir / SO_FAR[kind], rows)
                 pl.seed_everything(stage_seed(cfg.seed, k, name), workers=True, verbose=False)
                 ctx = StageContext(cfg, built, rdir, None, outputs, where)
-                self.run_stage(name, ctx, tracking, record, run)
+                run_stage(name, ctx, tracking, record, run, self.resumed)
             figures = self.round_figures(k, built, outputs, kind) if self.main else {}
             run.log_metrics({key: v for key, v in figures.items() if key.startswith("round/")})
             parent.log_metrics({key: v for key, v in figures.items() if key.startswith(("round/", "eval/"))}, step=k)

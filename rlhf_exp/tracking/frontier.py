@@ -9,10 +9,7 @@ import math
 from dataclasses import dataclass
 
 from rlhf_exp.core.stats import format_mean_se, mean_se
-
-KNOBS = {"ppo": "algorithm.kl_coef", "grpo": "algorithm.beta", "rloo": "algorithm.kl_coef",
-         "dpo": "algorithm.beta", "kto": "algorithm.beta", "online_dpo": "algorithm.beta"}  # each method's KL knob: what a frontier point is labelled by
-
+from rlhf_exp.modules.algorithms import records
 
 @dataclass
 class Point:
@@ -38,11 +35,12 @@ def frontier_points(jobs) -> list[Point]:
     if name is None:
         return []
     samples: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    knobs = {name: r.kl_knob for name, r in records().items()}  # each method's KL knob labels its points
     for j in (j for j in jobs if j.status == "FINISHED"):
         seed = j.params.get("seed", "0")
         m = j.metrics
         if "eval/kl/policy_ref" in m and f"eval/{name}/policy" in m:
-            setting = j.params.get(KNOBS.get(j.algorithm, ""), "")
+            setting = j.params.get(knobs.get(j.algorithm, ""), "")
             samples.setdefault((j.algorithm, setting), {})[seed] = (m["eval/kl/policy_ref"], m[f"eval/{name}/policy"])
         if "eval/kl/bon_ref" in m and f"eval/{name}/bon" in m:
             n = j.params.get("eval.best_of_n", "?")

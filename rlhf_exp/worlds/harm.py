@@ -8,7 +8,7 @@ threat).
 Not only nearness to a known request: the classifier learns a direction in embedding space, so a
 request on a topic the sets never name still lands on the harmful side. `validate` measures it on a
 split by source (trained without HarmBench, tested on HarmBench; and the other way round) and on
-the edgy requests' held-out split; `python -m rlhf_exp.worlds.judge_check` prints the figures.
+the edgy requests' held-out split; `python -m rlhf_exp.tools.judge_check` prints the figures.
 """
 from __future__ import annotations
 

@@ -49,6 +49,7 @@ from pathlib import Path
 import yaml
 
 from rlhf_exp.errors import UserError
+from rlhf_exp.gguf import dequantize_gguf
 from rlhf_exp.worlds import chat, text_parts
 from rlhf_exp.worlds.harm import THRESHOLD as HARM_THRESHOLD
 from rlhf_exp.worlds.harm import HarmClassifier
@@ -363,7 +364,6 @@ def load_fluency_lm(cache_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlhf_exp.models.factory import dequantize_gguf
     out = Path(cache_dir) / GEMMA_DIR
     if not (out / "config.json").is_file():
         try:

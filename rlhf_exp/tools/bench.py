@@ -1,9 +1,9 @@
 """Benchmarks that report how close an iteration comes to the bare model work it needs.
 
-    python -m rlhf_exp.bench ppo --batch 16 --resp-len 32 --ppo-epochs 4 --steps 8
-    python -m rlhf_exp.bench grpo --group-size 4                   # GRPO (or rloo) iterations, the same floor
-    python -m rlhf_exp.bench ppo --model smollm2 --lora-r 16      # a real model (or --model DIR), LoRA
-    python -m rlhf_exp.bench rollout --model smollm2 --lora-r 16  # decoding alone: each rollout path and its floor
+    python -m rlhf_exp.tools.bench ppo --batch 16 --resp-len 32 --ppo-epochs 4 --steps 8
+    python -m rlhf_exp.tools.bench grpo --group-size 4                   # GRPO (or rloo) iterations, the same floor
+    python -m rlhf_exp.tools.bench ppo --model smollm2 --lora-r 16      # a real model (or --model DIR), LoRA
+    python -m rlhf_exp.tools.bench rollout --model smollm2 --lora-r 16  # decoding alone: each rollout path and its floor
 
 Runs PPO iterations (the real PPOModule in a Lightning Trainer; `grpo` and `rloo`: GroupModule, no
 value head, each prompt answered --group-size times) on the tiny model (or the model
@@ -305,7 +305,7 @@ def bench_rollout(args) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rlhf_exp.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m rlhf_exp.tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="bench", required=True)
     ppo = sub.add_parser("ppo", help="PPO iterations against their floor")

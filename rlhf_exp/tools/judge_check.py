@@ -1,6 +1,6 @@
 """The judge's validation: each figure the README gives, measured on labelled real data.
 
-    python -m rlhf_exp.worlds.judge_check [--data tests/data] [--cache-dir outputs/cache] [--out FILE.json]
+    python -m rlhf_exp.tools.judge_check [--data tests/data] [--cache-dir outputs/cache] [--out FILE.json]
 
 - `agreement`: pairwise agreement with the 144 hand-labelled SmolLM2 answers (tests/data/
   smollm2_labeled.jsonl): every pair of answers from different tiers (helpful > unhelpful >
@@ -149,7 +149,7 @@ def check_toxicity() -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rlhf_exp.worlds.judge_check", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rlhf_exp.tools.judge_check", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="tests/data", help="the labelled files (default tests/data)")
     ap.add_argument("--cache-dir", default=os.path.join(user_cache_dir(), "models"), help="where gemma-3-270m is converted once")
     ap.add_argument("--out", help="also write the figures to this JSON file")

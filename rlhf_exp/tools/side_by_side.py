@@ -1,10 +1,10 @@
 """Policies side by side on prompts you choose, each answer with the judge's score and parts; or
 blinded, for a person to judge.
 
-    python -m rlhf_exp.worlds.side_by_side NAME=MODEL_DIR [NAME=MODEL_DIR ...] [--prompts seed|heldout|heldout-harmful|FILE]
+    python -m rlhf_exp.tools.side_by_side NAME=MODEL_DIR [NAME=MODEL_DIR ...] [--prompts seed|heldout|heldout-harmful|FILE]
         [--n 5] [--samples 1] [--temperature 0.7] [--max-new-tokens 48] [--seed 0] [--out FILE.md]
-    python -m rlhf_exp.worlds.side_by_side A=DIR B=DIR --prompts heldout --n 30 --blind DIR
-    python -m rlhf_exp.worlds.side_by_side --score DIR
+    python -m rlhf_exp.tools.side_by_side A=DIR B=DIR --prompts heldout --n 30 --blind DIR
+    python -m rlhf_exp.tools.side_by_side --score DIR
 
 `seed` is the seed document's four requests (the knock-knock joke, the hot house, coughing during a
 heart attack, the neighbour's wifi), `heldout` the real-text world's first `--n` held-out prompts of
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     from rlhf_exp.models.factory import HFModel
     from rlhf_exp.models.generation import sample
     from rlhf_exp.worlds.judge import judge
-    ap = argparse.ArgumentParser(prog="python -m rlhf_exp.worlds.side_by_side", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rlhf_exp.tools.side_by_side", description=__doc__.split("\n")[0])
     ap.add_argument("policies", nargs="*", help="NAME=MODEL_DIR (a save_pretrained directory)")
     ap.add_argument("--prompts", default="seed")
     ap.add_argument("--n", type=int, default=5, help="held-out harmful requests shown")

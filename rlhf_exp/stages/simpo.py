@@ -1,0 +1,30 @@
+"""`stage=align` with `algorithm=simpo`: the policy learns from the preference pairs with no reference
+model and no rollouts; the aligned policy is saved to policy/ with save_pretrained."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+from rlhf_exp.feedback.formats import load_pairs
+from rlhf_exp.modules.checkpoints import check_resume
+from rlhf_exp.modules.data import RowsDataModule, encode_pairs, pair_rows_collate
+from rlhf_exp.modules.simpo import SimPOModule, SimPOSettings
+from rlhf_exp.stages.context import StageContext
+
+
+def run(ctx: StageContext, s: SimPOSettings) -> None:
+    check_resume(s, "algorithm.ckpt_path")  # before any model is loaded
+    pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
+    spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
+    tokenizer = spec.tokenizer()
+    policy = spec.trainable(spec.causal_lm(tokenizer))  # LoRA adapters when model.lora_r > 0
+    pairs = ctx.align_rows(s, load_pairs(ctx.input_path(s.pairs, "pairs", "algorithm.pairs")), lambda p: p.prompt)
+    dm = RowsDataModule(encode_pairs(tokenizer, pairs, s.max_len), pair_rows_collate(tokenizer.pad_token_id),
+                        s.batch_size, s.val_fraction, ctx.cfg.seed)
+    heldout = ctx.heldout_eval("simpo", s, policy, ctx.reference(policy), tokenizer) if s.eval_every else ()
+    trainer = ctx.trainer("align", checkpoint_every=s.checkpoint_every, callbacks=heldout, max_epochs=s.epochs)
+    trainer.fit(SimPOModule(policy, s), datamodule=dm, ckpt_path=s.ckpt_path, weights_only=True)
+
+    ctx.save_pretrained("aligned_policy", "policy", policy, tokenizer)
+    shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("simpo/val/")}
+    print(f"align (simpo, beta {s.beta}, gamma {s.gamma}): {len(dm.train_rows)} train / {len(dm.val_rows)} val pairs; "
+          + ", ".join(f"{k} {v:.3f}" for k, v in sorted(shown.items())))
