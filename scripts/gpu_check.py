@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     model = None if args.cpu else smollm2_shape(ROOT / os.environ.get("BUNDLE", ".gpu"),
                                                 Path(os.environ.get("RLHF_EXP_CACHE", "/tmp/rlhf-gpu-cache")))
     if model is None:
-        check.report["smollm2"] = "not benchmarked: " + ("--cpu (the README's CPU table has its figures)" if args.cpu
+        check.report["smollm2"] = "not benchmarked: " + ("--cpu (docs/results/performance.md has the CPU figures)" if args.cpu
                                                          else "no smollm2-shape in the bundle")
     else:
         common = ["--model", str(model), "--device", device, "--precision", "bf16-mixed"]

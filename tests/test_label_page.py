@@ -421,7 +421,7 @@ def test_people_rank_sets_on_the_page_with_keys_and_drag(tmp_path, browser):
         press(2, "f")
         assert cards() == [(1, "1"), (0, "2"), (3, "2"), (2, "F")]
         browser.save_screenshot(str(tmp_path / "label_page.png"))
-        if os.environ.get("LABEL_PAGE_SCREENSHOT"):  # make docs/label_page.png for the README
+        if os.environ.get("LABEL_PAGE_SCREENSHOT"):  # make docs/label_page.png for the docs
             browser.save_screenshot(os.environ["LABEL_PAGE_SCREENSHOT"])
         browser.find_element(By.ID, "submit").send_keys(Keys.ENTER)
         text_is("#progress", "1 of 3 sets ranked by alice")

@@ -194,7 +194,7 @@ def _ranks(value, where: str, k: int, problems: list[str]) -> list | None:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         problems.append(f"field '{where}': a list of option names without ranks ({value!r}); the 2.x SDK's "
                         f"Record.to_dict() drops the ranks (and ties); {expected}; export the records with "
-                        "the API (see the README)")
+                        "the API (see docs/guides/labeling.md)")
         return None
     ok = (isinstance(value, list) and all(isinstance(v, dict) and set(v) >= {"value", "rank"} for v in value)
           and sorted(v["value"] for v in value if isinstance(v["value"], str)) == sorted(names)
@@ -263,7 +263,7 @@ def _parse_record(rec, problems: list[str]) -> RankedSet | None:
     for where, user, status, values in user_answers:
         if status not in STATUSES:
             problems.append(f"field '{where}.status': expected one of {', '.join(STATUSES)}, got {status!r} "
-                            "(Record.to_dict() leaves it out: export the records with the API, see the README)")
+                            "(Record.to_dict() leaves it out: export the records with the API, see docs/guides/labeling.md)")
             continue
         if status != "submitted":  # a draft may be unfinished and a discarded record was skipped
             continue

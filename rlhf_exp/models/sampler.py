@@ -10,7 +10,7 @@
   adapters there is nothing to merge: it samples itself.
 
 SmolLM2-135M with LoRA r 16, 8 prompts × 24 tokens on 2 CPU threads: `python -m rlhf_exp.tools.bench
-rollout --model smollm2 --lora-r 16` (README, "Benchmark")."""
+rollout --model smollm2 --lora-r 16` (docs/guides/benchmarks.md)."""
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,4 @@
-"""The judge's validation: each figure the README gives, measured on labelled real data.
+"""The judge's validation: each figure docs/judge.md gives, measured on labelled real data.
 
     python -m rlhf_exp.tools.judge_check [--data tests/data] [--cache-dir outputs/cache] [--out FILE.json]
 
