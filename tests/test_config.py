@@ -32,10 +32,22 @@ def test_every_option_composes_and_validates(group, option):
     cfg = compose(f"{group}={option}", *REQUIRED.get((group, option), []))
     built = validate_config(cfg)
     stage = [o.partition("=")[2] for o in REQUIRED.get((group, option), []) if o.startswith("stage=")]
-    assert built["run"].stage == (stage[0] if stage else "pipeline")
+    assert built.run.stage == (stage[0] if stage else "pipeline")
     for name in ("data", "model", "reward", "logger", "algorithm", "sft", "collect", "prepare",
                  "reward_model", "eval"):
-        assert not OmegaConf.is_config(built[name]), name  # a settings object, built and checked
+        assert not OmegaConf.is_config(getattr(built, name)), name  # a settings object, built and checked
+
+
+def test_the_built_config_is_a_typed_object_with_a_field_per_node():
+    """validate_config returns checks.Built: one typed field per node of conf/config.yaml, no dict."""
+    import dataclasses
+    from rlhf_exp.stages.checks import Built
+    built = validate_config(compose())
+    nodes = {k for k in compose() if OmegaConf.is_dict(compose()[k]) and k != "paths"}
+    assert isinstance(built, Built) and {f.name for f in dataclasses.fields(Built)} == nodes | {"run"}
+    assert type(built.algorithm).__name__ == "PPOSettings" and built.run.seed == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.seed = 1
 
 
 def test_defaults():
@@ -128,7 +140,7 @@ def test_a_pipeline_reads_its_own_reward_model_with_the_source_made_for_it():
 def test_a_list_of_stages_runs_those_stages_in_pipeline_order():
     from rlhf_exp.stages.runner import planned
     built = validate_config(compose("stage=[prepare,reward_model]"))
-    assert planned(built["run"].stage) == ["prepare", "reward_model"] and planned("pipeline")[0] == "sft"
+    assert planned(built.run.stage) == ["prepare", "reward_model"] and planned("pipeline")[0] == "sft"
     for bad in ("stage=[reward_model,prepare]", "stage=[prepare,prepare]", "stage=[]", "stage=[prepare,label]"):
         with pytest.raises(ConfigError, match="expected stages of the pipeline in its order, each once"):
             validate_config(compose(bad))

@@ -1,6 +1,7 @@
 """Held-out evaluation during align (`algorithm.eval_every`, modules/heldout.py): curves at the set
 interval with step 0 as the starting policy (KL 0, win rate ½ by hand), training untouched by it, and
 `stop_on` keeping the best evaluation's policy."""
+from types import SimpleNamespace
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -87,7 +88,7 @@ def test_eval_on_validation_leaves_its_prompts_out_of_training_and_is_drawn_by_s
 
     data = settings("data", "synthetic")
     def ctx(seed):
-        return StageContext(OmegaConf.create({"seed": seed}), {"data": data}, None, None)
+        return StageContext(OmegaConf.create({"seed": seed}), SimpleNamespace(data=data), None, None)  # the part of a Built it reads
     train_all, heldout = data.train_prompts(), data.heldout_prompts()
     s = settings("algorithm", "ppo", eval_on="validation", eval_prompts=10)
     train, val = ctx(0).align_prompts(s)

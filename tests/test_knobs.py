@@ -3,6 +3,7 @@ default) and the test asserts that exactly that value arrives at the core functi
 The core functions are wrapped by spies in the namespace of the module that calls them, so a module
 that passed `value_clip_eps` as the policy clip, swapped γ and λ, or ignored a coefficient fails."""
 import copy
+import dataclasses
 
 import pytest
 import pytorch_lightning as pl
@@ -376,7 +377,7 @@ def test_collect_settings_reach_the_sampler(tmp_path, policy_dir, monkeypatch):
     for call in (train, held):
         assert (call["temperature"], call["top_p"], call["max_new_tokens"], call["batch_size"], call["n"]) == \
             (0.7, 0.85, 5, 13, 3)
-    data = ctx.built["data"]
+    data = ctx.built.data
     assert len(train["prompts"]) == 2 * len(data.train_prompts()) and len(held["prompts"]) == len(data.heldout_prompts())
 
 
@@ -389,7 +390,7 @@ def test_eval_settings_reach_the_sampler(tmp_path, policy_dir, monkeypatch):
                         "eval.temperature=0.6", "eval.max_new_tokens=4", "eval.batch_size=5",
                         "eval.samples_per_prompt=2", "eval.best_of_n=3")
     eval_stage.run(ctx)
-    n_heldout = len(ctx.built["data"].heldout_prompts())
+    n_heldout = len(ctx.built.data.heldout_prompts())
     n_rows = (2 + 3) * 2 * n_heldout         # two policies and best-of-3 (3 samples each) × 2 per prompt
     assert {(c["temperature"], c["max_new_tokens"]) for c in gen.calls} == {(0.6, 4)}
     assert sum(len(c["prompt_ids"]) for c in gen.calls) == n_rows and max(len(c["prompt_ids"]) for c in gen.calls) == 5
@@ -406,7 +407,7 @@ def test_eval_settings_reach_the_sampler(tmp_path, policy_dir, monkeypatch):
 def test_model_dtype_reaches_every_load(tmp_path, policy_dir, monkeypatch):
     from rlhf_exp.models.reward import LearnedReward
     ctx = stage_context(tmp_path, "model.dtype=bfloat16")
-    spec = ctx.built["model"]
+    spec = ctx.built.model
     tok = spec.tokenizer()
     assert spec.causal_lm(tok).dtype == torch.bfloat16 and spec.sequence_classifier(tok).dtype == torch.bfloat16
     loaded = ctx.model_spec(str(policy_dir))                     # collect, align, eval: a saved directory
@@ -418,7 +419,7 @@ def test_model_dtype_reaches_every_load(tmp_path, policy_dir, monkeypatch):
     tiny_rm = spec.sequence_classifier(tok)
     tiny_rm.save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
-    ctx.built["reward"] = LearnedReward(path=str(tmp_path / "rm"), normalize=False, batch_size=4, max_len=32)
+    ctx.built = dataclasses.replace(ctx.built, reward=LearnedReward(path=str(tmp_path / "rm"), normalize=False, batch_size=4, max_len=32))
     assert ctx.reward_source().loaded[0].dtype == torch.bfloat16  # the reward model too
 
 
@@ -473,8 +474,8 @@ def test_every_stage_checkpoint_setting_reaches_its_trainer_and_its_resume_check
               "dpo": ["algorithm.pairs=" + str(tmp_path / "pairs.jsonl")],
               "simpo": ["algorithm.pairs=" + str(tmp_path / "pairs.jsonl")]}.get(stage, [])
     ctx = stage_context(tmp_path, *extra, *inputs, f"{node}.checkpoint_every=7")
-    run = {"sft": sft.run, "reward_model": reward_model.run, "dpo": lambda c: dpo.run(c, c.built["algorithm"]),
-           "simpo": lambda c: simpo.run(c, c.built["algorithm"])}[stage]
+    run = {"sft": sft.run, "reward_model": reward_model.run, "dpo": lambda c: dpo.run(c, c.built.algorithm),
+           "simpo": lambda c: simpo.run(c, c.built.algorithm)}[stage]
     with pytest.raises(Stop):
         run(ctx)
     assert seen["every"] == 7

@@ -281,8 +281,8 @@ def test_stage_label_composes_and_is_not_part_of_the_pipeline(feedback):
     from rlhf_exp.stages.checks import validate_config
     from rlhf_exp.stages.runner import STAGES, stages_to_run
     built = validate_config(compose("stage=label", f"label.feedback={feedback}"))
-    assert built["run"].stage == "label" and built["label"].feedback == str(feedback)
-    assert (built["label"].host, built["label"].port, built["label"].instructions) == ("127.0.0.1", 8765, None)
+    assert built.run.stage == "label" and built.label.feedback == str(feedback)
+    assert (built.label.host, built.label.port, built.label.instructions) == ("127.0.0.1", 8765, None)
     assert "label" not in STAGES and "label" not in stages_to_run({})
     validate_config(compose())  # other stages do not need label.feedback
 

@@ -43,6 +43,11 @@ def unit(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
+def is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def imports(path: Path, source: str | None = None) -> list[tuple[int, str]]:
     """(line, module) of every import of rlhf_exp in the file, anywhere in it. `from P import name`
     counts as an import of P.name when that is a module, else of P."""
@@ -50,7 +55,11 @@ def imports(path: Path, source: str | None = None) -> list[tuple[int, str]]:
     here = module_name(path)
     package = here if path.name == "__init__.py" else here.rpartition(".")[0]
     found = []
+    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and is_type_checking(block.test)
+                 for stmt in block.body for n in ast.walk(stmt)}  # `if TYPE_CHECKING:` imports run never
     for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -134,6 +143,9 @@ def test_the_reader_sees_imports_inside_functions_relative_ones_and_modules_name
     init = imports(PACKAGE / "models" / "__init__.py", "from .factory import HFModel\nfrom .. import files\n")
     assert init == [(1, "rlhf_exp.models.factory"), (2, "rlhf_exp.files")]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    typed = ("from typing import TYPE_CHECKING\nimport typing\nif TYPE_CHECKING:\n    from rlhf_exp.stages import checks\n"
+             "if typing.TYPE_CHECKING:\n    import rlhf_exp.tools\nif True:\n    from rlhf_exp import files\n")
+    assert imports(PACKAGE / "stages" / "x.py", typed) == [(8, "rlhf_exp.files")]  # type-only imports never run
 
 
 def test_every_package_and_top_module_has_a_layer():

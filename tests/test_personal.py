@@ -293,7 +293,7 @@ def test_the_conditioned_reward_model_reads_the_condition_in_its_input(tmp_path,
         ctx = stage_context(tmp_path, f"reward_model.pairs={path}", f"reward_model.condition_on={cond}")
         with pytest.raises(Stop):
             reward_model.run(ctx)
-        tok = ctx.built["model"].tokenizer()
+        tok = ctx.built.model.tokenizer()
         dm = seen["dm"]
         batch = dm.collate(dm.train_rows)
         decoded[cond] = tok.batch_decode(batch["input_ids"], skip_special_tokens=True)

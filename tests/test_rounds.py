@@ -1,6 +1,7 @@
 """rounds=N (iterated RLHF, stages/rounds.py): which inputs each round reads, by hand; a smoke series of
 two rounds end to end, its MLflow runs, killed for real in round 2 and resumed; collect=human waiting
 for people between rounds."""
+from types import SimpleNamespace
 import json
 import os
 import random
@@ -31,29 +32,29 @@ def test_each_round_reads_the_last_rounds_policy_and_every_rounds_pairs(tmp_path
     built = validate_config(compose("rounds=3"))
     b1, out1 = rounds.round_inputs(s, built, run, 1, sft)
     b3, out3 = rounds.round_inputs(s, built, run, 3, sft)
-    assert b1["collect"].policy == b1["algorithm"].policy == str(sft) and "reference" not in out1
-    assert b3["collect"].policy == b3["algorithm"].policy == str(run / "round_2/policy")
+    assert b1.collect.policy == b1.algorithm.policy == str(sft) and "reference" not in out1
+    assert b3.collect.policy == b3.algorithm.policy == str(run / "round_2/policy")
     assert out3["reference"] == sft and out3["policy"] == sft  # π_ref and eval's reference: the original
-    assert b3["reward_model"].pairs == str(run / "round_3/pairs_so_far.jsonl") and "reward_model_start" not in out3
+    assert b3.reward_model.pairs == str(run / "round_3/pairs_so_far.jsonl") and "reward_model_start" not in out3
     assert rounds.feedback_files(run, 3, "pairs.jsonl") == [run / f"round_{k}/pairs.jsonl" for k in (1, 2, 3)]
-    assert built["collect"].policy is None  # the composed settings are left as they were
+    assert built.collect.policy is None  # the composed settings are left as they were
 
 
 def test_each_series_setting_changes_what_a_round_reads(tmp_path):
     run, sft = tmp_path, tmp_path / "sft"
     built = validate_config(compose("rounds=2"))
     b, out = rounds.round_inputs(series_settings(align_from="sft"), built, run, 2, sft)
-    assert b["algorithm"].policy == str(sft) and b["collect"].policy == str(run / "round_1/policy")
+    assert b.algorithm.policy == str(sft) and b.collect.policy == str(run / "round_1/policy")
     assert "reference" not in out  # aligned from SFT: its own reference
     b, out = rounds.round_inputs(series_settings(reference="last"), built, run, 2, sft)
-    assert b["algorithm"].policy == str(run / "round_1/policy") and "reference" not in out
+    assert b.algorithm.policy == str(run / "round_1/policy") and "reference" not in out
     _, out = rounds.round_inputs(series_settings(reward_model="continue"), built, run, 2, sft)
     assert out["reward_model_start"] == run / "round_1/reward_model"
     _, out = rounds.round_inputs(series_settings(reward_model="continue"), built, run, 1, sft)
     assert "reward_model_start" not in out  # round 1 has no earlier reward model
     b, _ = rounds.round_inputs(series_settings(), validate_config(compose(
         "rounds=2", "reward_model.objective=classifier", "reward=classifier")), run, 2, sft)
-    assert b["reward_model"].thumbs == str(run / "round_2/thumbs_so_far.jsonl")
+    assert b.reward_model.thumbs == str(run / "round_2/thumbs_so_far.jsonl")
 
 
 def test_merged_pairs_keep_each_rounds_sets_apart(tmp_path):
@@ -97,7 +98,7 @@ def test_a_series_refuses_settings_that_would_fix_every_rounds_inputs():
     assert "conf/series/default.yaml" in str(err.value) and "expected reference=sft, or align_from=last" in str(err.value)
     with pytest.raises(ConfigError, match="series: unknown key 'reward_modle'"):
         validate_config(compose("rounds=2", "+series.reward_modle=continue"))
-    assert validate_config(compose())["run"].rounds == 1  # the default: the pipeline once
+    assert validate_config(compose()).run.rounds == 1  # the default: the pipeline once
 
 
 def test_a_finished_series_is_not_resumed(tmp_path):
@@ -119,7 +120,7 @@ def test_the_reward_model_of_a_continued_series_keeps_its_head(tiny, tmp_path):
     torch.nn.init.constant_(classification_head(rm).weight, 0.25)
     rm.save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
-    ctx = StageContext(None, {"model": spec}, tmp_path, None, {"reward_model_start": tmp_path / "rm"})
+    ctx = StageContext(None, SimpleNamespace(model=spec), tmp_path, None, {"reward_model_start": tmp_path / "rm"})
     _, model = backbone(ctx, None)
     assert torch.all(classification_head(model).weight == 0.25)
     fresh = spec.from_dir(tmp_path / "rm").sequence_classifier(tok)  # what retrain does to a backbone
@@ -138,11 +139,11 @@ def test_the_reference_of_a_round_is_the_policy_the_series_names(tiny, tmp_path)
     tok.save_pretrained(tmp_path / "sft")
     torch.manual_seed(2)
     last = spec.causal_lm(tok)
-    ctx = StageContext(None, {"model": spec}, tmp_path, None, {"reference": tmp_path / "sft"})
+    ctx = StageContext(None, SimpleNamespace(model=spec), tmp_path, None, {"reference": tmp_path / "sft"})
     ref = ctx.reference(last)
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), sft.state_dict().values()))
     assert not any(p.requires_grad for p in ref.parameters()) and ctx.reference(last, copy=False) is not last
-    plain = StageContext(None, {"model": spec}, tmp_path, None, {})
+    plain = StageContext(None, SimpleNamespace(model=spec), tmp_path, None, {})
     same = plain.reference(last)
     assert same is not last and all(torch.equal(a, b) for a, b in zip(same.state_dict().values(),
                                                                       last.state_dict().values()))

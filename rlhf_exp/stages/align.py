@@ -8,5 +8,5 @@ from rlhf_exp.stages.context import StageContext
 
 
 def run(ctx: StageContext) -> None:
-    s = ctx.built["algorithm"]
+    s = ctx.built.algorithm
     record_of(s).run()(ctx, s)

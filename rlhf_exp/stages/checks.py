@@ -3,8 +3,10 @@ all at once), then what no single node can see: the strategy against the algorit
 against the reward model, a reused run's world, a series' inputs."""
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import torch
@@ -15,11 +17,24 @@ from rlhf_exp.config import ConfigError, collect, schema
 from rlhf_exp.feedback.formats import load_heldout
 from rlhf_exp.feedback.persons import split_condition
 from rlhf_exp.feedback.prompts import sort_key
-from rlhf_exp.models.reward import ClassifierReward, LearnedReward
+from rlhf_exp.models.reward import ClassifierReward, GoldReward, JudgeReward, LearnedReward
 from rlhf_exp.modules.algorithms import record_of, records
+from rlhf_exp.feedback.hf import HFData
+from rlhf_exp.feedback.sources import FeedbackFile
+from rlhf_exp.models.factory import HFModel, TinyGPT2, TinyLlama
+from rlhf_exp.modules.reward import RewardModelSettings
+from rlhf_exp.modules.sft import SFTSettings
 from rlhf_exp.stages import label
+from rlhf_exp.stages.collect import CollectSettings
+from rlhf_exp.stages.eval import EvalSettings
+from rlhf_exp.stages.label import LabelSettings
+from rlhf_exp.stages.prepare import PrepareSettings
 from rlhf_exp.stages.record import RECORD
+from rlhf_exp.stages.rounds import SeriesSettings
 from rlhf_exp.stages.runner import REUSABLE, STAGES, STANDALONE, planned, reused_outputs
+from rlhf_exp.tracking.tracker import MLflowTracker, NoTracker
+from rlhf_exp.worlds.chat_data import ChatData
+from rlhf_exp.worlds.synthetic_data import SyntheticData
 
 PLAIN_NODES = ("paths",)  # nodes of plain values, interpolated elsewhere; they build nothing
 
@@ -70,7 +85,27 @@ class RunSettings:
         return self
 
 
-def validate_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict:
+@dataclass(frozen=True)
+class Built:
+    """What the config builds (`validate_config`): one field per node of conf/config.yaml, each what
+    its `_target_` made, checked. A variant of it is `dataclasses.replace(built, node=...)`."""
+    run: RunSettings                                            # the top-level keys
+    data: SyntheticData | ChatData | FeedbackFile | HFData      # prompts, demonstrations, feedback (a world simulates it)
+    model: TinyGPT2 | TinyLlama | HFModel                       # the policy LM and how every stage loads a model
+    reward: LearnedReward | ClassifierReward | GoldReward | JudgeReward  # what align and eval score with
+    trainer: DictConfig                                         # the Trainer's arguments (each stage builds its Trainer)
+    logger: MLflowTracker | NoTracker                           # tracking
+    sft: SFTSettings
+    collect: CollectSettings
+    prepare: PrepareSettings
+    reward_model: RewardModelSettings
+    algorithm: Any                                              # an algorithm's settings: its record says which (modules/algorithms.py)
+    eval: EvalSettings
+    label: LabelSettings
+    series: SeriesSettings
+
+
+def validate_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> Built:
     """Build every node of the config; raise one ConfigError that lists every problem."""
     choices = choices or {}
     scalars = {k: cfg[k] for k in cfg if not OmegaConf.is_dict(cfg[k])}
@@ -78,17 +113,20 @@ def validate_config(cfg: DictConfig, choices: dict[str, str] | None = None) -> d
              **{k: cfg[k] for k in cfg if OmegaConf.is_dict(cfg[k]) and k not in PLAIN_NODES}}
     sources = {name: f"conf/{name}/{choices[name]}.yaml" for name in nodes if choices.get(name)}
     built = collect(nodes, sources)
-    built["run"] = built.pop("")
+    missing = sorted({f.name for f in dataclasses.fields(Built)} - {"run"} - set(built))
+    if missing:
+        raise ConfigError(f"the config has no node {', '.join(missing)}: expected every group of conf/config.yaml")
+    built = Built(run=built.pop(""), **{k: v for k, v in built.items() if k in Built.__dataclass_fields__})
     check_reward_wiring(built)
     check_strategy(cfg, built)
-    if built["run"].stage == "label":
-        label.check(built["label"])
-    if built["run"].rounds > 1:
+    if built.run.stage == "label":
+        label.check(built.label)
+    if built.run.rounds > 1:
         check_series(built)
     return built
 
 
-def check_strategy(cfg: DictConfig, built: dict) -> None:
+def check_strategy(cfg: DictConfig, built: Built) -> None:
     """Lightning's FSDP does not support manual optimisation (Lightning issues #19685, #19626), which
     the on-policy algorithms use, and runs on GPUs only: refuse both, before any work (the on-policy
     algorithms shard with trainer=fsdp2); trainer=fsdp2 where it cannot serve (check_fsdp2); and a
@@ -100,8 +138,8 @@ def check_strategy(cfg: DictConfig, built: dict) -> None:
     if fsdp2:
         check_fsdp2(cfg, built)
     fsdp1 = "fsdp" in strategy and not fsdp2  # Lightning's FSDPStrategy
-    a = record_of(built["algorithm"])
-    if fsdp1 and a.on_policy and "align" in planned(built["run"].stage):
+    a = record_of(built.algorithm)
+    if fsdp1 and a.on_policy and "align" in planned(built.run.stage):
         sharded = [r.name for r in records().values() if r.shardable]
         raise ConfigError(f"trainer.strategy = {strategy!r} with algorithm={a.name}: an algorithm that generates while "
                           "it trains cannot under Lightning's FSDP (no manual optimisation, Lightning issues #19685, "
@@ -112,7 +150,7 @@ def check_strategy(cfg: DictConfig, built: dict) -> None:
         raise ConfigError(f"trainer.strategy = {strategy!r} with trainer.accelerator = {accelerator!r}"
                           f"{' on a machine with no GPU' if accelerator == 'auto' else ''}: Lightning's FSDP runs "
                           "on GPUs only; expected trainer.accelerator=gpu, or trainer=ddp on CPU")
-    s = built["algorithm"]
+    s = built.algorithm
     if any(k in strategy for k in ("ddp", "fsdp")) and a.on_policy:
         world = int(cfg.trainer.get("devices", 1)) * int(cfg.trainer.get("num_nodes", 1))
         prompts = s.batch_size // getattr(s, "group_size", 1)         # group_size: GRPO and RLOO answer each prompt n times
@@ -124,13 +162,13 @@ def check_strategy(cfg: DictConfig, built: dict) -> None:
                               f"algorithm.minibatches ({minibatches}) rollouts")
 
 
-def check_fsdp2(cfg: DictConfig, built: dict) -> None:
+def check_fsdp2(cfg: DictConfig, built: Built) -> None:
     """trainer=fsdp2 shards the on-policy algorithms' full fine-tuning on one mesh of every rank: refuse
     the trained stages that do not shard (sft, reward_model, the offline algorithms), LoRA, resuming,
     and a mesh that is not every rank."""
-    stages, a = planned(built["run"].stage), built["algorithm"]
+    stages, a = planned(built.run.stage), built.algorithm
     sharded = [r.name for r in records().values() if r.shardable]
-    trained = [] if built["run"].reuse else [s for s in ("sft", "reward_model") if s in stages]
+    trained = [] if built.run.reuse else [s for s in ("sft", "reward_model") if s in stages]
     if trained:
         raise ConfigError(f"trainer=fsdp2 with stage {', '.join(trained)}: only {', '.join(sharded)} shard their "
                           "weights (ModelParallelStrategy); expected stage=align, or reuse=RUN_DIR (an "
@@ -141,8 +179,8 @@ def check_fsdp2(cfg: DictConfig, built: dict) -> None:
     if not record_of(a).shardable:
         raise ConfigError(f"trainer=fsdp2 with algorithm={record_of(a).name}: only {', '.join(sharded)} shard their "
                           f"weights; expected algorithm={'|'.join(sharded)}, or trainer=ddp / trainer=fsdp (on GPUs)")
-    if getattr(built["model"], "lora_r", 0):
-        raise ConfigError(f"model.lora_r = {built['model'].lora_r} with trainer=fsdp2: sharded training is full "
+    if getattr(built.model, "lora_r", 0):
+        raise ConfigError(f"model.lora_r = {built.model.lora_r} with trainer=fsdp2: sharded training is full "
                           "fine-tuning (the LoRA merge for rollouts and saving needs the whole model on one device); "
                           "expected model.lora_r=0, or trainer=ddp for LoRA")
     if a.ckpt_path is not None:
@@ -156,11 +194,11 @@ def check_fsdp2(cfg: DictConfig, built: dict) -> None:
                           "tensor_parallel_size=1 (weights sharded over every rank)")
 
 
-def check_reward_wiring(built: dict) -> None:
+def check_reward_wiring(built: Built) -> None:
     """A pipeline's own reward model is read by the reward source made for it: a one-output reward
     model by reward=learned, a classifier (reward_model.objective=classifier) by reward=classifier."""
-    reward, objective = built["reward"], built["reward_model"].objective
-    if not {"reward_model", "align"} <= set(planned(built["run"].stage)) or built["run"].reuse:
+    reward, objective = built.reward, built.reward_model.objective
+    if not {"reward_model", "align"} <= set(planned(built.run.stage)) or built.run.reuse:
         return
     if isinstance(reward, ClassifierReward) and not reward.name_or_path and objective != "classifier":
         raise ConfigError(f"reward=classifier reads this pipeline's reward model, which reward_model.objective = "
@@ -188,18 +226,19 @@ def check_reused_split(run_dir: str, data) -> None:
                           f"{getattr(data, 'seed', '?')}; `seed` may still vary the training)")
 
 
-def check_series(built: dict) -> None:
+def check_series(built: Built) -> None:
     """rounds > 1 chooses every round's inputs itself: refuse the settings that would fix them for
     every round (each named), before any work."""
-    n, fixed = built["run"].rounds, []
+    n, fixed = built.run.rounds, []
     for node, keys in (("collect", ("policy",)), ("prepare", ("feedback",)), ("algorithm", ("policy", "ckpt_path")),
                        ("reward_model", ("pairs", "thumbs", "ckpt_path")), ("sft", ("ckpt_path",)),
                        ("eval", ("policy",))):
-        fixed += [f"{node}.{k} = {getattr(built[node], k)!r}" for k in keys if getattr(built[node], k, None)]
+        fixed += [f"{node}.{k} = {getattr(getattr(built, node), k)!r}" for k in keys
+                  if getattr(getattr(built, node), k, None)]
     if fixed:
         raise ConfigError(f"rounds = {n}: {', '.join(fixed)}; a series chooses each round's inputs itself (the last "
                           "round's policy, every round's pairs so far; see the `series` group) and resume=RUN_DIR "
                           "goes on from its checkpoints; expected null")
-    if built["run"].reuse and "policy" not in reused_outputs(built["run"].reuse):
-        raise ConfigError(f"reuse = {built['run'].reuse!r} with rounds = {n}: a series reuses only an earlier run's "
+    if built.run.reuse and "policy" not in reused_outputs(built.run.reuse):
+        raise ConfigError(f"reuse = {built.run.reuse!r} with rounds = {n}: a series reuses only an earlier run's "
                           "sft/ policy, which that directory does not hold; expected a pipeline run dir with sft/")

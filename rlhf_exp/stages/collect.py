@@ -31,8 +31,8 @@ class CollectSettings:
 
 
 def run(ctx: StageContext) -> None:
-    s: CollectSettings = ctx.built["collect"]
-    data = ctx.built["data"]
+    s: CollectSettings = ctx.built.collect
+    data = ctx.built.data
     simulated = s.labelers == "simulated"
     if simulated and not data.simulated:
         raise ConfigError("collect.labelers = 'simulated': expected 'human' with data=files or data=hf "

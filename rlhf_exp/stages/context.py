@@ -4,18 +4,21 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from omegaconf import DictConfig
 
 from rlhf_exp.errors import UserError
 from rlhf_exp.files import write_text
 
+if TYPE_CHECKING:  # a type only: checks.py, which builds it, imports this module
+    from rlhf_exp.stages.checks import Built
+
 
 @dataclass
 class StageContext:
     cfg: DictConfig                 # the resolved config
-    built: dict[str, Any]           # node name -> what it built (settings of data, model, sft, algorithm, ...)
+    built: Built                    # what each node of the config built (stages/checks.py)
     run_dir: Path                   # the Hydra run dir; every output of the run goes under it
     run: Any                        # the stage's tracked run (TrackedRun, or NullRun for logger=none)
     outputs: dict[str, Path] = field(default_factory=dict)  # files of earlier stages, by name
@@ -41,7 +44,7 @@ class StageContext:
         if explicit:
             check_model_dir(Path(explicit), key)
         path = explicit or self.outputs.get(output)
-        return self.built["model"].from_dir(path) if path else self.built["model"]
+        return self.built.model.from_dir(path) if path else self.built.model
 
     def reference(self, lm, copy: bool = True):
         """The frozen reference π_ref of a policy about to be aligned: the starting policy itself (LoRA:
@@ -51,21 +54,21 @@ class StageContext:
         from rlhf_exp.models.training import reference
         if "reference" not in self.outputs:
             return reference(lm) if copy else lm
-        spec = self.built["model"].from_dir(self.outputs["reference"])
+        spec = self.built.model.from_dir(self.outputs["reference"])
         return spec.causal_lm(spec.tokenizer()).requires_grad_(False).eval()
 
     def reward_source(self):
         """The `reward` group's source, loading with the `model` group's settings; a learned
         reward or a classifier with no path is this pipeline's reward model."""
         from rlhf_exp.models.reward import ClassifierReward, LearnedReward
-        reward = self.built["reward"]
+        reward = self.built.reward
         key = {LearnedReward: "path", ClassifierReward: "name_or_path"}.get(type(reward))
         if key and not getattr(reward, key):
             if "reward_model" not in self.outputs:
                 raise UserError(f"reward.{key}: no reward model given; pass reward.{key}=DIR (a stage=reward_model "
                                 "output), choose reward=gold, or run the pipeline")
             reward = dataclasses.replace(reward, **{key: str(self.outputs["reward_model"])})
-        reward.models = self.built["model"]
+        reward.models = self.built.model
         return reward
 
     def device(self):
@@ -86,7 +89,7 @@ class StageContext:
         from rlhf_exp.config import build
         from rlhf_exp.modules.checkpoints import PeriodicCheckpoint, RandomStates
         from rlhf_exp.modules.guard import StopOnNonFinite, WeightsMustMove
-        skip = self.built["run"].nonfinite == "skip"
+        skip = self.built.run.nonfinite == "skip"
         callbacks = [*callbacks, StopOnNonFinite(stage, skip), WeightsMustMove(stage), RandomStates()]
         if self.cfg.trainer.get("enable_checkpointing", True) and not self.cfg.trainer.get("fast_dev_run"):
             where = self.run_dir / "checkpoints" / stage
@@ -101,10 +104,10 @@ class StageContext:
         it): in a simulated world, the source also keeps the world's gold score of each iteration's
         rollouts, which `LogGold` logs as `<prefix>/gold/score_mean` (modules/gold.py)."""
         reward = self.reward_source()
-        if not self.built["data"].simulated:
+        if not self.built.data.simulated:
             return reward, ()
         from rlhf_exp.modules.gold import LogGold, WithGold
-        tracked = WithGold(reward, self.built["data"].gold_scores)
+        tracked = WithGold(reward, self.built.data.gold_scores)
         return tracked, (LogGold(tracked, prefix),)
 
     def heldout_eval(self, prefix: str, s, lm, ref, tokenizer, reward=None) -> tuple:
@@ -115,12 +118,12 @@ class StageContext:
             return ()
         from rlhf_exp.config import ConfigError
         from rlhf_exp.modules.heldout import HeldoutEval
-        data = self.built["data"]
+        data = self.built.data
         if s.stop_on == "gold" and not data.simulated:
             raise ConfigError("algorithm.stop_on = 'gold': this data source has no gold scorer (only the simulated "
                               "worlds have one); expected algorithm.stop_on=reward or null")
         prompts = self.align_prompts(s)[1]
-        e = self.built["eval"]
+        e = self.built.eval
         return (HeldoutEval(prefix, s, lm, ref, tokenizer, prompts, reward or self.reward_source(),
                             data.eval_measures if data.simulated else None,
                             (e.batch_size, e.max_new_tokens, e.temperature), self.cfg.seed, self.run.log_metrics),)
@@ -133,7 +136,7 @@ class StageContext:
         import random
 
         from rlhf_exp.config import ConfigError
-        data = self.built["data"]
+        data = self.built.data
         train = data.train_prompts()
         if s.eval_on == "heldout":
             return train, (data.heldout_prompts() or train)[:s.eval_prompts]

@@ -117,9 +117,9 @@ def side_by_side(prompts, by_policy: dict[str, tuple[list[str], list[float]]],
 
 
 def run(ctx: StageContext) -> None:
-    s: EvalSettings = ctx.built["eval"]
+    s: EvalSettings = ctx.built.eval
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
-    data = ctx.built["data"]
+    data = ctx.built.data
     prompts = data.heldout_prompts() or data.train_prompts()
     policy_dir = ctx.input_path(s.policy, "aligned_policy", "eval.policy")
     policy_spec = ctx.model_spec(str(policy_dir), key="eval.policy")

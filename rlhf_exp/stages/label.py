@@ -67,7 +67,7 @@ def serve(app, sock: socket.socket) -> None:
 def run(ctx: StageContext) -> None:
     from rlhf_exp.labeling.app import make_app
     from rlhf_exp.labeling.store import LabelStore
-    s: LabelSettings = ctx.built["label"]
+    s: LabelSettings = ctx.built.label
     check(s)
     store = LabelStore(s.feedback)  # the file checked (every line) before anything is served
     app = make_app(store, instructions_text(s))

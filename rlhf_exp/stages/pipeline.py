@@ -24,29 +24,29 @@ def run_stages(cfg: DictConfig, choices: dict[str, str], sweep_tags: dict) -> fl
     """Validate, then run the requested stage(s) with tracking; return the value of `metric` from
     the pipeline's evaluation, if there was one. Raises UserError on bad input."""
     built = validate_config(cfg, choices)
-    stage = built["run"].stage
+    stage = built.run.stage
     main_dir = Path(cfg.paths.output_dir)
     if isinstance(stage, str) and stage in STANDALONE:
         if is_main():
             STANDALONE[stage](StageContext(cfg, built, main_dir, NullRun()))
         return None
-    tags = {"algorithm": record_of(built["algorithm"]).name, "seed": cfg.seed, **sweep_tags}
-    if built["run"].rounds > 1:  # iterated RLHF: sft, then rounds of collect -> ... -> align
+    tags = {"algorithm": record_of(built.algorithm).name, "seed": cfg.seed, **sweep_tags}
+    if built.run.rounds > 1:  # iterated RLHF: sft, then rounds of collect -> ... -> align
         return run_series(cfg, built, tags)
     built, run_dir = this_rank(built), scratch(main_dir)
     outputs: dict[str, Path] = {}  # files of the stages run so far, passed on to the next
     if cfg.reuse and (stage == "pipeline" or isinstance(stage, list)):
         outputs.update(reused_outputs(cfg.reuse))
-        check_reused_split(cfg.reuse, built["data"])
+        check_reused_split(cfg.reuse, built.data)
         tags["reused_from"] = str(Path(cfg.reuse).resolve())
     record = begin_record(main_dir, cfg.resume, stage if isinstance(stage, str) else "pipeline")
     if cfg.resume:  # the same directory (the CLI set it): the same MLflow runs, finished stages skipped
         outputs.update(record.output_paths())
         built = resume_checkpoints(built, record, main_dir)
-    tracking = Tracking(built["logger"], cfg, tags)
+    tracking = Tracking(built.logger, cfg, tags)
     ctx = StageContext(cfg, built, run_dir, None, outputs, main_dir)
 
-    with built["logger"].keeping_writes(main_dir):  # what a failing tracking store could not take, kept
+    with built.logger.keeping_writes(main_dir):  # what a failing tracking store could not take, kept
         if isinstance(stage, str) and stage != "pipeline":
             print_ui_links(run_stage(stage, ctx, tracking, record, resumed=bool(cfg.resume)))
             return None

@@ -134,8 +134,8 @@ def summary_lines(p: Prepared, source: str) -> list[str]:
 
 
 def run(ctx: StageContext) -> None:
-    s: PrepareSettings = ctx.built["prepare"]
-    data = ctx.built["data"]
+    s: PrepareSettings = ctx.built.prepare
+    data = ctx.built.data
     path = s.feedback or ctx.outputs.get("feedback")
     loaded = LoadedFeedback(load_feedback(path), str(path)) if path else data.load()
     prepared = prepare_pairs(loaded.feedback, s.min_agreement, s.flag_quorum, s.pairs_from, s.find_groups,

@@ -4,9 +4,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rlhf_exp.errors import UserError
 from rlhf_exp.files import write_json
+
+if TYPE_CHECKING:  # a type only: checks.py, which builds it, imports this module
+    from rlhf_exp.stages.checks import Built
 
 RECORD = "run.json"
 CHECKPOINTED = {"sft": "sft", "reward_model": "reward_model", "align": "algorithm"}  # stage -> its settings
@@ -50,23 +54,22 @@ class RunRecord:
             write_json(self.path, {"runs": self.runs, "done": self.done, "outputs": self.outputs})
 
 
-def resume_checkpoints(built: dict, record: RunRecord, run_dir: Path) -> dict:
+def resume_checkpoints(built: Built, record: RunRecord, run_dir: Path) -> Built:
     """The settings with `ckpt_path` set to the last checkpoint of the stage that was interrupted
     (begun, not finished), so that it goes on from there. A checkpoint of a stage whose training had
     ended (the crash came while saving its model) leaves nothing to resume: that stage runs again."""
     from rlhf_exp.modules.checkpoints import check_resume
-    built = dict(built)
     for stage, node in CHECKPOINTED.items():
         ckpt = run_dir / "checkpoints" / stage / "last.ckpt"
         if stage not in record.runs or stage in record.done or not ckpt.is_file() \
-                or not hasattr(built[node], "ckpt_path"):
+                or not hasattr(getattr(built, node), "ckpt_path"):
             continue
-        s = dataclasses.replace(built[node], ckpt_path=str(ckpt))
+        s = dataclasses.replace(getattr(built, node), ckpt_path=str(ckpt))
         try:
             check_resume(s, f"{node}.ckpt_path")
         except UserError as err:
             print(f"resume: {stage} starts again ({err})")
             continue
         print(f"resume: {stage} goes on from {ckpt}")
-        built[node] = s
+        built = dataclasses.replace(built, **{node: s})
     return built

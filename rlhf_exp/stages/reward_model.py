@@ -28,7 +28,7 @@ def backbone(ctx: StageContext, s: RewardModelSettings, labels: list[str] | None
     """(tokenizer, reward model with a fresh head: one output, or one per class of `labels`) from the
     backbone the settings name."""
     if "reward_model_start" in ctx.outputs:  # rounds with series.reward_model=continue: last round's, head and all
-        spec = ctx.built["model"].from_dir(ctx.outputs["reward_model_start"])
+        spec = ctx.built.model.from_dir(ctx.outputs["reward_model_start"])
         tokenizer = spec.tokenizer()
         return tokenizer, spec.trainable(spec.classifier(tokenizer), task="SEQ_CLS")
     spec = ctx.model_spec(s.backbone, "policy", "reward_model.backbone")
@@ -72,11 +72,11 @@ def heldout_sets(ctx: StageContext) -> list[tuple[str, list[str]]]:
     """Held-out completion sets: the collect stage's (the policy's own text), else the world's."""
     if "heldout" in ctx.outputs:
         return load_heldout(ctx.outputs["heldout"])
-    return ctx.built["data"].heldout_sets(ctx.cfg.seed)
+    return ctx.built.data.heldout_sets(ctx.cfg.seed)
 
 
 def run(ctx: StageContext) -> None:
-    s: RewardModelSettings = ctx.built["reward_model"]
+    s: RewardModelSettings = ctx.built.reward_model
     check_resume(s, "reward_model.ckpt_path")  # before any model is loaded
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
     if s.objective == "classifier":
@@ -112,10 +112,10 @@ def run(ctx: StageContext) -> None:
         by_person = accuracy_by_person(score, [p for g in dm.val_rows for p in g["pairs"]])
         metrics.update({f"reward/val/accuracy_{k}": acc for k, (acc, _) in by_person.items()})
         metrics.update({f"reward/val/pairs_{k}": n for k, (_, n) in by_person.items()})
-    if ctx.built["data"].simulated:
-        acc, n = gold_accuracy(score, heldout_sets(ctx), ctx.built["data"])
+    if ctx.built.data.simulated:
+        acc, n = gold_accuracy(score, heldout_sets(ctx), ctx.built.data)
         metrics.update({"reward/gold/accuracy": acc, "reward/gold/pairs": n})
-        metrics.update(gold_accuracy_per_taste(score, heldout_sets(ctx), ctx.built["data"],
+        metrics.update(gold_accuracy_per_taste(score, heldout_sets(ctx), ctx.built.data,
                                                getattr(model.config, "conditions", None)))
     ctx.run.log_metrics(metrics, step=trainer.global_step)
     shown = {**{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("reward/val/")}, **metrics}
@@ -135,11 +135,11 @@ def run_classifier(ctx: StageContext, s: RewardModelSettings) -> None:
 
     ups = sum(b.label for b in thumbs)
     metrics = {"reward/data/thumbs_up": ups, "reward/data/thumbs_down": len(thumbs) - ups}
-    if ctx.built["data"].simulated:  # does the positive logit order the held-out sets as the gold score does?
+    if ctx.built.data.simulated:  # does the positive logit order the held-out sets as the gold score does?
         def score(prompts, completions):  # the positive class's logit, as reward=classifier reads it
             texts = classifier_texts(tokenizer, prompts, completions, s.classifier_input)
             return batched_logits(model, tokenizer, texts, 64, s.max_len)[:, 1]
-        acc, n = gold_accuracy(score, heldout_sets(ctx), ctx.built["data"])
+        acc, n = gold_accuracy(score, heldout_sets(ctx), ctx.built.data)
         metrics.update({"reward/gold/accuracy": acc, "reward/gold/pairs": n})
     ctx.run.log_metrics(metrics, step=trainer.global_step)
     shown = {**{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("reward/val/")}, **metrics}

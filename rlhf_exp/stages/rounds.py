@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TYPE_CHECKING
 
 import pydantic
 import pytorch_lightning as pl
@@ -32,6 +32,9 @@ from rlhf_exp.stages.record import RECORD, RunRecord, resume_checkpoints
 from rlhf_exp.stages.runner import (begin_record, eval_summary, parent_run, print_ui_links, reused_outputs,
                                     run_stage, scratch, this_rank)
 from rlhf_exp.stages.tracked import Tracking
+
+if TYPE_CHECKING:  # a type only: checks.py, which builds it, imports this module
+    from rlhf_exp.stages.checks import Built
 
 ROUND_STAGES = ("collect", "prepare", "reward_model", "align", "eval")  # the stages of one round, in order
 SO_FAR = {"pairs": "pairs_so_far.jsonl", "thumbs": "thumbs_so_far.jsonl"}  # what round k's reward model trains on
@@ -118,18 +121,18 @@ def stage_seed(seed: int, k: int, stage: str) -> int:
     return int(hashlib.sha256(f"{seed}-round{k}-{stage}".encode()).hexdigest()[:8], 16)
 
 
-def round_inputs(s: SeriesSettings, built: dict, run_dir: Path, k: int, sft: Path,
+def round_inputs(s: SeriesSettings, built: Built, run_dir: Path, k: int, sft: Path,
                  write_dir: Path | None = None) -> tuple[dict, dict[str, Path]]:
     """(the settings round k runs with, the outputs its stages start from): collect from the last
     policy, the reward model on every round's pairs (or thumbs) so far, written by the series to
     `write_dir` (default: the round's directory) before it trains, and align from and against what
     the series settings say."""
-    b, write_dir = dict(built), write_dir or round_dir(run_dir, k)
+    write_dir = write_dir or round_dir(run_dir, k)
     start, ref = aligned_from(s, run_dir, k, sft), reference_of(s, run_dir, k, sft)
-    b["collect"] = dataclasses.replace(b["collect"], policy=str(collected_from(run_dir, k, sft)))
-    b["algorithm"] = dataclasses.replace(b["algorithm"], policy=str(start))
-    kind = "thumbs" if b["reward_model"].objective == "classifier" else "pairs"
-    b["reward_model"] = dataclasses.replace(b["reward_model"], **{kind: str(Path(write_dir) / SO_FAR[kind])})
+    kind = "thumbs" if built.reward_model.objective == "classifier" else "pairs"
+    b = dataclasses.replace(built, collect=dataclasses.replace(built.collect, policy=str(collected_from(run_dir, k, sft))),
+                            algorithm=dataclasses.replace(built.algorithm, policy=str(start)),
+                            reward_model=dataclasses.replace(built.reward_model, **{kind: str(Path(write_dir) / SO_FAR[kind])}))
     outputs = {"policy": Path(sft)}  # the reward model's backbone and eval's reference
     if ref != start:
         outputs["reference"] = ref  # align's π_ref, loaded frozen (StageContext.reference)
@@ -150,8 +153,8 @@ def waiting_message(k: int, feedback: Path, ranked: int, total: int, main_dir: P
 class Series:
     """One invocation of a series: its tracking, its record, and the runner of each stage."""
 
-    def __init__(self, cfg, built: dict, tags: dict):
-        self.cfg, self.s, self.n = cfg, built["series"], built["run"].rounds
+    def __init__(self, cfg, built: Built, tags: dict):
+        self.cfg, self.s, self.n = cfg, built.series, built.run.rounds
         self.main = is_main()
         self.main_dir = Path(cfg.paths.output_dir)
         self.built, self.tags = this_rank(built), {**tags, "rounds": self.n}
@@ -169,9 +172,9 @@ class Series:
         if self.resumed:
             outputs.update(self.record.output_paths())
             series_built = resume_checkpoints(built, self.record, self.main_dir)  # an interrupted sft
-        tracking = Tracking(built["logger"], cfg, self.tags)
+        tracking = Tracking(built.logger, cfg, self.tags)
         summary = None
-        with built["logger"].keeping_writes(self.main_dir):
+        with built.logger.keeping_writes(self.main_dir):
             with parent_run(tracking, self.record, self.resumed) as parent:
                 if "policy" not in outputs and "sft" not in self.record.done:
                     ctx = StageContext(cfg, series_built, run_dir, None, outputs, self.main_dir)
@@ -208,11 +211,11 @@ class Series:
             outputs.update(record.output_paths())
             built = resume_checkpoints(built, record, where)
         tags = {**self.tags, "round": k}
-        tracking = Tracking(built["logger"], cfg, tags)
-        kind = "thumbs" if built["reward_model"].objective == "classifier" else "pairs"
+        tracking = Tracking(built.logger, cfg, tags)
+        kind = "thumbs" if built.reward_model.objective == "classifier" else "pairs"
         stages = [st for st in ROUND_STAGES if st != "eval" or self.s.eval_every_round or k == self.n]
-        round_tags = {"round.collect_policy": built["collect"].policy, "round.align_policy": built["algorithm"].policy,
-                      "round.reference": str(outputs.get("reference", built["algorithm"].policy)),
+        round_tags = {"round.collect_policy": built.collect.policy, "round.align_policy": built.algorithm.policy,
+                      "round.reference": str(outputs.get("reference", built.algorithm.policy)),
                       "round.reward_model_start": str(outputs.get("reward_model_start", "none")),
                       f"round.{kind}_files": " ".join(str(p) for p in feedback_files(main_dir, k, f"{kind}.jsonl"))}
         continued = self.record.runs.get(f"round_{k}") if self.resumed else None
@@ -222,7 +225,7 @@ class Series:
             for name in stages:
                 if name in record.done:
                     continue
-                if name == "prepare" and built["collect"].labelers == "human":
+                if name == "prepare" and built.collect.labelers == "human":
                     ranked, total = ranked_sets(outputs["feedback"])
                     if ranked < total:
                         run.set_tags({"waiting": "labels"})
@@ -242,14 +245,14 @@ class Series:
             self.write_summary(k, figures, round_tags)
         return None
 
-    def round_figures(self, k: int, built: dict, outputs: dict, kind: str) -> dict[str, float]:
+    def round_figures(self, k: int, built: Built, outputs: dict, kind: str) -> dict[str, float]:
         """The round's data (sets collected, pairs made this round, rows the reward model trained
         on) and its evaluation (eval/*, when eval ran in this round)."""
         def lines(path) -> int:
             return sum(1 for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
         figures = {"round/data/sets": lines(outputs["feedback"]),
                    f"round/data/{kind}": lines(round_dir(self.main_dir, k) / f"{kind}.jsonl"),
-                   f"round/data/{kind}_total": lines(getattr(built["reward_model"], kind))}
+                   f"round/data/{kind}_total": lines(getattr(built.reward_model, kind))}
         summary = round_dir(self.main_dir, k) / "eval_summary.json"
         if summary.is_file():
             figures.update({key: v for key, v in json.loads(summary.read_text(encoding="utf-8")).items()
@@ -264,7 +267,7 @@ class Series:
         write_json(path, rounds)
 
 
-def run_series(cfg, built: dict, tags: dict) -> float | None:
+def run_series(cfg, built: Built, tags: dict) -> float | None:
     """Validated settings -> the series run with tracking; the value of `metric` from the last round's
     evaluation (None while a round waits for people)."""
     return Series(cfg, built, tags).run()

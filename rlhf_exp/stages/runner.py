@@ -4,9 +4,11 @@ shared across ranks), and the parent run that holds them."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +19,9 @@ from rlhf_exp.stages.context import StageContext
 from rlhf_exp.stages.record import RunRecord
 from rlhf_exp.stages.tracked import Tracking
 from rlhf_exp.tracking.tracker import NoTracker
+
+if TYPE_CHECKING:  # a type only: checks.py, which builds it, imports this module
+    from rlhf_exp.stages.checks import Built
 
 STAGES = {"sft": sft.run, "collect": collect.run, "prepare": prepare.run,
           "reward_model": reward_model.run, "align": align.run, "eval": eval_stage.run}  # in pipeline order
@@ -60,10 +65,10 @@ def share_outputs(outputs: dict[str, Path], main_dir: Path) -> dict[str, Path]:
     return shared[0]
 
 
-def this_rank(built: dict) -> dict:
+def this_rank(built: Built) -> Built:
     """The built config as this rank uses it: another rank of a DDP run does the same work with no
     tracking (its files go to a scratch dir, `scratch`)."""
-    return built if is_main() else {**built, "logger": NoTracker()}
+    return built if is_main() else dataclasses.replace(built, logger=NoTracker())
 
 
 def scratch(where: Path) -> Path:
