@@ -51,6 +51,58 @@ def test_stop_on_keeps_the_best_evaluations_weights_and_stops_after_patience(tin
     assert logged[-1] == (3, {"dpo/heldout/best_step": 1.0, "dpo/heldout/best": 0.5})
 
 
+
+def test_the_best_evaluation_is_on_disk_and_a_resumed_run_ends_with_it(tiny, tmp_path, monkeypatch):
+    """stop_on writes the best evaluation's trainable weights to best_path when it is made; a crash
+    after it (the callback's state from the last checkpoint, a fresh model) resumes with that best, and
+    the policy that training ends with is the best's, read back from disk. A write interrupted half-way
+    leaves the previous best whole."""
+    spec, tok = tiny
+    s = settings("algorithm", "dpo", eval_every=1, stop_on="reward", patience=2)
+    best_path = tmp_path / "checkpoints" / "align" / "best.pt"
+
+    def callback(lm, scores):
+        cb = HeldoutEval("dpo", s, lm, None, tok, ["p"], None, None, (4, 4, 1.0), 0, lambda m, step: None,
+                         best_path=best_path)
+        def scripted(step):
+            metrics = {"dpo/heldout/reward": next(scores)}
+            cb.history.append((step, metrics))
+            return metrics
+        cb.evaluate = scripted
+        return cb
+
+    def at_step(lm, step):
+        with torch.no_grad():
+            next(lm.parameters()).fill_(float(step))
+    lm, trainer = spec.causal_lm(tok), _Trainer()
+    cb = callback(lm, iter([0.1, 0.5, 0.3]))
+    for step in range(3):                                     # best at step 1; the checkpoint at step 2; a crash
+        at_step(lm, step)
+        cb._maybe(trainer, object(), step)
+    saved = torch.load(best_path, weights_only=True)
+    assert (saved["step"], saved["score"]) == (1, 0.5) and float(saved["weights"][0].flatten()[0]) == 1.0
+    state = cb.state_dict()
+
+    lm2 = spec.causal_lm(tok)                                 # the resumed process: new weights, the state
+    cb2 = callback(lm2, iter([0.2]))
+    cb2.load_state_dict(state)
+    assert (cb2.best[0], cb2.best[1], cb2.since_best, cb2.done) == (0.5, 1, 1, 2)
+    at_step(lm2, 3)
+    cb2._maybe(trainer, object(), 3)                          # a second evaluation without improvement
+    assert trainer.should_stop
+    cb2.on_train_end(trainer, None)
+    assert float(next(lm2.parameters()).flatten()[0]) == 1.0  # the best's weights, from disk
+
+    def torn(obj, f):                                         # a crash while the next best is written
+        open(f, "wb").write(b"half")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", torn)
+    cb2.best = (0.9, 4, [p.detach().clone() for p in lm2.parameters() if p.requires_grad])
+    with pytest.raises(OSError):
+        cb2._write_best()
+    assert torch.load(best_path, weights_only=True)["step"] == 1 and sorted(best_path.parent.iterdir()) == [best_path]
+
+
 @pytest.mark.e2e
 def test_ppo_logs_heldout_curves_from_step_zero_and_trains_as_without_them(cli, tmp_path, base):
     align = ["stage=align", "experiment=smoke", "algorithm.policy=outputs/base/sft", "reward.path=outputs/base/reward_model",

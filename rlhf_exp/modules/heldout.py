@@ -6,7 +6,10 @@ curves, step 0 being the starting policy: over-optimisation shows as it happens 
 rising while the held-out gold turns down). Sampling runs on a forked random state seeded anew each
 time, so training draws exactly the numbers it would draw without it. With `stop_on` the policy of
 the best evaluation is kept (its trainable weights restored when training ends, so that is what the
-stage saves) and training stops after `patience` evaluations without improvement."""
+stage saves) and training stops after `patience` evaluations without improvement. The best weights
+are also written to disk at once, atomically (`best_path`, beside the stage's last.ckpt, as a
+ModelCheckpoint keeps its best), and the callback's state (the best score and step, the evaluations
+since) travels in every checkpoint: a run resumed after a crash starts from that best, not from none."""
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -16,9 +19,13 @@ import pytorch_lightning as pl
 import torch
 from pydantic import Field
 
+from pathlib import Path
+
 from rlhf_exp.config import schema
 from rlhf_exp.core.stats import mean_se
+from rlhf_exp.files import atomic_path
 from rlhf_exp.models.training import adapters_off
+from rlhf_exp.distributed import rank
 from rlhf_exp.modules.rollout import sample_rollouts, sequence_kl
 
 
@@ -46,10 +53,11 @@ class HeldoutEval(pl.Callback):
     step)` writes to the stage's tracked run; `sampling` = (batch_size, max_new_tokens, temperature)."""
 
     def __init__(self, prefix: str, s: InLoopEvalSettings, lm, ref, tokenizer, prompts: list, reward, measures,
-                 sampling: tuple[int, int, float], seed: int, write):
+                 sampling: tuple[int, int, float], seed: int, write, best_path: Path | None = None):
         self.prefix, self.s, self.lm, self.ref, self.tokenizer = prefix, s, lm, ref, tokenizer
         self.prompts, self.reward, self.measures, self.sampling, self.seed, self.write = \
             prompts, reward, measures, sampling, seed, write
+        self.best_path = best_path  # where the best evaluation's trainable weights are written (stop_on)
         self.history: list[tuple[int, dict[str, float]]] = []
         self.best: tuple[float, int, list[torch.Tensor]] | None = None
         self.since_best, self.ref_rewards, self.done = 0, None, -1
@@ -115,6 +123,7 @@ class HeldoutEval(pl.Callback):
         if self.best is None or score > self.best[0]:
             weights = [p.detach().clone() for p in self.lm.parameters() if p.requires_grad]
             self.best, self.since_best = (score, step, weights), 0
+            self._write_best()
             return
         self.since_best += 1
         if self.since_best >= self.s.patience:
@@ -123,12 +132,49 @@ class HeldoutEval(pl.Callback):
                 module.stop_reason = (f"held-out {self.s.stop_on} did not improve for {self.s.patience} evaluations "
                                       f"(best {self.best[0]:.3f} at step {self.best[1]})")
 
+    def _write_best(self) -> None:
+        """The best evaluation's trainable weights, its score and step, to `best_path` (atomically: a
+        crash while writing leaves the previous best whole). Rank 0 writes."""
+        if self.best_path is None or rank() != 0:
+            return
+        score, step, weights = self.best
+        self.best_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.best_path) as tmp:
+            torch.save({"score": score, "step": step, "weights": [w.cpu() for w in weights]}, tmp)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the evaluations: the best score and step (its weights are in
+        `best_path`), the evaluations since, the last step evaluated and the curve so far."""
+        best = None if self.best is None else {"score": self.best[0], "step": self.best[1]}
+        return {"best": best, "since_best": self.since_best, "done": self.done, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A resumed run goes on with the evaluations it had: the best weights come back from
+        `best_path` (written when that evaluation was made, so they are there whenever the state
+        names them)."""
+        self.since_best, self.done, self.history = state["since_best"], state["done"], state["history"]
+        best = state["best"]
+        if best is None:
+            return
+        saved = torch.load(self.best_path, map_location="cpu", weights_only=True) if self.best_path else None
+        if saved is None or saved["step"] < best["step"]:
+            raise RuntimeError(f"resuming held-out evaluation: the best evaluation (step {best['step']}) has no "
+                               f"weights at {self.best_path}")
+        # a later best than the checkpoint's (made after it, before the crash) is made again by the
+        # replayed steps; until then the checkpoint's best is the best
+        self.best = (best["score"], best["step"], [w.to(self.lm.device) for w in saved["weights"]]) \
+            if saved["step"] == best["step"] else (best["score"], best["step"], None)
+
     def on_train_end(self, trainer, pl_module):
         if not self.s.stop_on or self.best is None:
             return
         score, step, weights = self.best
+        if weights is None:  # a later best was on disk at resume and the replayed steps did not make it again
+            raise RuntimeError(f"held-out evaluation: resumed with the best of step {step}, whose weights a later "
+                               f"best overwrote in {self.best_path}, and training ended before reaching that later "
+                               "step again; expected the resumed run to reach it (same settings as the first run)")
         with torch.no_grad():
-            for p, w in zip((p for p in self.lm.parameters() if p.requires_grad), weights):
+            for p, w in zip((p for p in self.lm.parameters() if p.requires_grad), weights, strict=True):
                 p.copy_(w)
         self.write({f"{self.prefix}/heldout/best_step": float(step), f"{self.prefix}/heldout/best": score},
                  self.history[-1][0] if self.history else 0)

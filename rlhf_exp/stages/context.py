@@ -126,7 +126,8 @@ class StageContext:
         e = self.built.eval
         return (HeldoutEval(prefix, s, lm, ref, tokenizer, prompts, reward or self.reward_source(),
                             data.eval_measures if data.simulated else None,
-                            (e.batch_size, e.max_new_tokens, e.temperature), self.cfg.seed, self.run.log_metrics),)
+                            (e.batch_size, e.max_new_tokens, e.temperature), self.cfg.seed, self.run.log_metrics,
+                            best_path=self.run_dir / "checkpoints" / "align" / "best.pt" if s.stop_on else None),)
 
     def align_prompts(self, s) -> tuple[list, list]:
         """(the prompts an alignment stage trains on, the prompts its in-loop evaluation answers): the
