@@ -8,7 +8,12 @@ from typing import Any, TYPE_CHECKING
 
 from omegaconf import DictConfig
 
+import pytorch_lightning as pl
+
+from rlhf_exp.distributed import rank
 from rlhf_exp.errors import UserError
+from rlhf_exp.modules.algorithms import record_of
+from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.files import write_text
 
 if TYPE_CHECKING:  # a type only: checks.py, which builds it, imports this module
@@ -109,6 +114,17 @@ class StageContext:
         from rlhf_exp.modules.gold import LogGold, WithGold
         tracked = WithGold(reward, self.built.data.gold_scores)
         return tracked, (LogGold(tracked, prefix),)
+
+    def policy_to_align(self, s) -> tuple:
+        """(policy, tokenizer) of an alignment stage, after its checkpoint is checked (before any model
+        loads) and the seed set (an on-policy algorithm's ranks each sample their own answers: seed +
+        rank): `algorithm.policy`, else an earlier stage's policy, else the `model` group, with LoRA
+        adapters when model.lora_r > 0."""
+        check_resume(s, "algorithm.ckpt_path")
+        pl.seed_everything(self.cfg.seed + (rank() if record_of(s).on_policy else 0), workers=True, verbose=False)
+        spec = self.model_spec(s.policy, "policy", "algorithm.policy")
+        tokenizer = spec.tokenizer()
+        return spec.trainable(spec.causal_lm(tokenizer)), tokenizer
 
     def heldout_eval(self, prefix: str, s, lm, ref, tokenizer, reward=None) -> tuple:
         """The callbacks of align's held-out evaluation (`algorithm.eval_every`, modules/heldout.py):

@@ -2,21 +2,14 @@
 reward model, no rollouts); the aligned policy is saved to policy/ with save_pretrained."""
 from __future__ import annotations
 
-import pytorch_lightning as pl
-
 from rlhf_exp.feedback.formats import load_pairs
-from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.modules.data import RowsDataModule, encode_pairs, encode_sets, pair_rows_collate, set_rows_collate
 from rlhf_exp.modules.dpo import DPOModule, DPOSettings, cache_reference_logps, pair_refs, set_refs
 from rlhf_exp.stages.context import StageContext
 
 
 def run(ctx: StageContext, s: DPOSettings) -> None:
-    check_resume(s, "algorithm.ckpt_path")  # before any model is loaded
-    pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
-    spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
-    tokenizer = spec.tokenizer()
-    policy = spec.trainable(spec.causal_lm(tokenizer))  # LoRA adapters when model.lora_r > 0
+    policy, tokenizer = ctx.policy_to_align(s)  # checked, seeded, loaded (LoRA adapters when model.lora_r > 0)
     pairs = ctx.align_rows(s, load_pairs(ctx.input_path(s.pairs, "pairs", "algorithm.pairs")), lambda p: p.prompt)
     if s.loss_type == "plackett_luce":  # one row per comparison set, its ranking rebuilt from its pairs
         rows, collate, refs = encode_sets(tokenizer, pairs, s.max_len), set_rows_collate(tokenizer.pad_token_id), set_refs

@@ -3,10 +3,7 @@ wrote (no pairs, no reward model in training); the aligned policy is saved to po
 save_pretrained."""
 from __future__ import annotations
 
-import pytorch_lightning as pl
-
 from rlhf_exp.feedback.formats import load_thumbs
-from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.modules.data import RowsDataModule
 from rlhf_exp.modules.dpo import cache_reference_logps, pair_refs
 from rlhf_exp.modules.kto import KTOModule, KTOSettings, encode_thumbs, thumbs_rows_collate
@@ -14,11 +11,7 @@ from rlhf_exp.stages.context import StageContext
 
 
 def run(ctx: StageContext, s: KTOSettings) -> None:
-    check_resume(s, "algorithm.ckpt_path")  # before any model is loaded
-    pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
-    spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
-    tokenizer = spec.tokenizer()
-    policy = spec.trainable(spec.causal_lm(tokenizer))  # LoRA adapters when model.lora_r > 0
+    policy, tokenizer = ctx.policy_to_align(s)  # checked, seeded, loaded (LoRA adapters when model.lora_r > 0)
     thumbs = ctx.align_rows(s, load_thumbs(ctx.input_path(s.thumbs, "thumbs", "algorithm.thumbs")), lambda t: t.prompt)
     rows, collate = encode_thumbs(tokenizer, thumbs, s.max_len), thumbs_rows_collate(tokenizer.pad_token_id)
     cache_reference_logps(ctx.reference(policy, copy=False), rows, collate, refs=pair_refs)  # (matched, mismatched) under the starting policy

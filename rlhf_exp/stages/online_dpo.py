@@ -2,22 +2,14 @@
 the two, DPO trains on the pair (on-policy preferences); the aligned policy is saved to policy/."""
 from __future__ import annotations
 
-import pytorch_lightning as pl
-
-from rlhf_exp.distributed import rank
 from rlhf_exp.files import write_jsonl
-from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.modules.data import PromptDataModule
 from rlhf_exp.modules.online_dpo import OnlineDPOModule, OnlineDPOSettings
 from rlhf_exp.stages.context import StageContext
 
 
 def run(ctx: StageContext, s: OnlineDPOSettings) -> None:
-    check_resume(s, "algorithm.ckpt_path")  # before any model is loaded
-    pl.seed_everything(ctx.cfg.seed + rank(), workers=True, verbose=False)  # each rank samples its own answers
-    spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
-    tokenizer = spec.tokenizer()
-    lm = spec.trainable(spec.causal_lm(tokenizer))
+    lm, tokenizer = ctx.policy_to_align(s)  # checked, seeded, loaded (LoRA adapters when model.lora_r > 0)
     reward, gold_callbacks = ctx.rollout_reward("online_dpo")  # in a simulated world, the gold of each step's answers too
     ref = ctx.reference(lm)
     module = OnlineDPOModule(lm, ref, tokenizer, reward, s)

@@ -2,14 +2,10 @@
 aligned policy is saved to policy/ with save_pretrained."""
 from __future__ import annotations
 
-import pytorch_lightning as pl
-
 from rlhf_exp.config import ConfigError
-from rlhf_exp.distributed import rank
 from rlhf_exp.files import write_jsonl
 from rlhf_exp.models.value import ActorCritic
 from rlhf_exp.modules.data import PromptDataModule
-from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.modules.ppo import PPOModule, PPOSettings
 from rlhf_exp.stages.context import StageContext
 
@@ -33,12 +29,7 @@ def critic_for(s: PPOSettings, lm, tokenizer, reward):
 
 
 def run(ctx: StageContext, s: PPOSettings) -> None:
-    check_resume(s, "algorithm.ckpt_path")  # before any model is loaded
-    # each rank of a DDP run samples rollouts of its own (DDP gives every rank rank 0's weights)
-    pl.seed_everything(ctx.cfg.seed + rank(), workers=True, verbose=False)
-    spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
-    tokenizer = spec.tokenizer()
-    lm = spec.trainable(spec.causal_lm(tokenizer))   # LoRA adapters when model.lora_r > 0
+    lm, tokenizer = ctx.policy_to_align(s)  # checked, seeded, loaded (LoRA adapters when model.lora_r > 0)
     reward, gold_callbacks = ctx.rollout_reward("ppo")  # in a simulated world, the gold of each iteration's rollouts too
     ref = ctx.reference(lm)                             # with LoRA: the same network, adapters off (rounds: maybe SFT)
     critic = critic_for(s, lm, tokenizer, getattr(reward, "reward", reward))

@@ -2,21 +2,14 @@
 model and no rollouts; the aligned policy is saved to policy/ with save_pretrained."""
 from __future__ import annotations
 
-import pytorch_lightning as pl
-
 from rlhf_exp.feedback.formats import load_pairs
-from rlhf_exp.modules.checkpoints import check_resume
 from rlhf_exp.modules.data import RowsDataModule, encode_pairs, pair_rows_collate
 from rlhf_exp.modules.simpo import SimPOModule, SimPOSettings
 from rlhf_exp.stages.context import StageContext
 
 
 def run(ctx: StageContext, s: SimPOSettings) -> None:
-    check_resume(s, "algorithm.ckpt_path")  # before any model is loaded
-    pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
-    spec = ctx.model_spec(s.policy, "policy", "algorithm.policy")
-    tokenizer = spec.tokenizer()
-    policy = spec.trainable(spec.causal_lm(tokenizer))  # LoRA adapters when model.lora_r > 0
+    policy, tokenizer = ctx.policy_to_align(s)  # checked, seeded, loaded (LoRA adapters when model.lora_r > 0)
     pairs = ctx.align_rows(s, load_pairs(ctx.input_path(s.pairs, "pairs", "algorithm.pairs")), lambda p: p.prompt)
     dm = RowsDataModule(encode_pairs(tokenizer, pairs, s.max_len), pair_rows_collate(tokenizer.pad_token_id),
                         s.batch_size, s.val_fraction, ctx.cfg.seed)
