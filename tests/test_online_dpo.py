@@ -41,7 +41,7 @@ def test_every_online_dpo_knob_reaches_the_math(tiny, monkeypatch):
     assert torch.allclose(call["policy_chosen_logps"], call["ref_chosen_logps"], atol=1e-5)
     opt = module.optimizers().optimizer
     assert opt.param_groups[0]["initial_lr"] == 2.3e-4 and opt.param_groups[0]["lr"] == pytest.approx(2.3e-4 * 2 / 7)
-    assert module.iteration == 1 and module.stop_reason == "max_steps"
+    assert module.iteration == 1 and module.stop_reason == "max_steps (1) reached"
 
 
 @pytest.mark.e2e

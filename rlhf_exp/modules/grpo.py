@@ -19,19 +19,19 @@ import torch
 from pydantic import Field
 
 from rlhf_exp.config import schema
-from rlhf_exp.modules.algorithms import Algorithm, record_of, register
+from rlhf_exp.modules.algorithms import Algorithm, register
 from rlhf_exp.core.grpo import group_advantages, reinforce_loss, rloo_advantages, sequence_rewards
 from rlhf_exp.core.kl import KL_ESTIMATORS
 from rlhf_exp.core.ops import AGGREGATIONS, aggregate_loss, entropy_from_logits, logprobs_from_logits, masked_mean
 from rlhf_exp.core.ppo import policy_loss
 from rlhf_exp.distributed import world_size
-from rlhf_exp.models.sampler import rollout_model
 from rlhf_exp.models.sharding import shard_models
 from rlhf_exp.models.value import response_logits
 from rlhf_exp.modules.heldout import InLoopEvalSettings
 from rlhf_exp.modules.optim import adamw
-from rlhf_exp.modules.pg import (check_first_minibatch, kl_controller, load_loop_state, log_iteration, loop_state,
-                                 sample_rows, sample_scored, stop_reason, update_epochs)
+from rlhf_exp.modules import pg
+from rlhf_exp.modules.pg import (check_first_minibatch, kl_controller, log_iteration, sample_rows, sample_scored,
+                                 update_epochs)
 from rlhf_exp.modules.rollout import Experience, rollout_logprobs
 
 Aggregation = Literal[AGGREGATIONS]
@@ -119,33 +119,17 @@ class GroupModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.ref, self.tokenizer, self.reward, self.s = lm, ref_lm, tokenizer, reward, s
-        if isinstance(ref_lm, torch.nn.Module):  # a copy (a LoRA policy's reference is itself, adapters off)
-            ref_lm.requires_grad_(False)
-        self.prefix = record_of(s).name  # metrics, checkpoint state and samples under grpo/ or rloo/
+        self.sampled = lm  # what rollouts sample with (pg.sampler)
+        pg.begin_loop(self, ref_lm, s, seed=seed,  # GRPO's β is fixed; RLOO's KL coefficient may move
+                      kl_ctl=kl_controller(s) if isinstance(s, RLOOSettings) else None)
+        self.prefix = self.loop_key  # metrics, checkpoint state and samples under grpo/ or rloo/
         self.sequence_advantages = grpo_advantages if isinstance(s, GRPOSettings) else rloo_sequence_advantages
-        self.kl_ctl = kl_controller(s) if isinstance(s, RLOOSettings) else None  # GRPO's β is fixed
         self.kl_estimator = KL_ESTIMATORS[s.kl_estimator]
-        self.shuffle = torch.Generator().manual_seed(seed)
-        self.iteration, self.score_means, self.samples, self.timings = 0, [], [], []
-        self.stop_reason = ""
-        self._rollout_model = None  # what samples (algorithm.rollout), made at the first rollout
 
-    def sampler(self):
-        """The model the next rollout samples with: the policy, or its merged copy refreshed."""
-        if self._rollout_model is None:  # made once the policy is on its device
-            self._rollout_model = rollout_model(self.policy, self.s.rollout)
-        return self._rollout_model()
-
-    def on_train_batch_start(self, batch, batch_idx):
-        self.eval()  # dropout off in every model during RL (Lightning restores modes, so per batch)
-
-    def on_fit_start(self):
-        if hasattr(self.reward, "to"):
-            self.reward.to(self.device)
-
-    def on_train_start(self):
-        if self.iteration >= self.s.max_steps:  # resumed from a run that had already finished
-            self.trainer.should_stop = True
+    # the on-policy life cycle (modules/pg.py)
+    sampler = pg.sampler
+    on_fit_start, on_train_start, on_train_batch_start = pg.reward_to_device, pg.stop_if_finished, pg.eval_mode
+    on_save_checkpoint, on_load_checkpoint = pg.save_loop, pg.load_loop
 
     # -- phase 1 -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -210,11 +194,7 @@ class GroupModule(pl.LightningModule):
         stats = log_iteration(self, self.prefix, {**stats, **update_stats}, exp, epochs, t0, t1, t2)  # global
         if self.kl_ctl is not None:
             self.kl_ctl.update(stats[f"{self.prefix}/kl/ref"], len(exp) * world_size())
-        self.iteration += 1
-        self.score_means.append(stats[f"{self.prefix}/reward/score_mean"])
-        self.stop_reason = stop_reason(self.score_means, self.iteration, self.s)
-        if self.stop_reason:
-            self.trainer.should_stop = True
+        pg.end_iteration(self, stats[f"{self.prefix}/reward/score_mean"])
         return stats  # checked by the stage's StopOnNonFinite callback
 
     def configure_model(self):
@@ -224,9 +204,3 @@ class GroupModule(pl.LightningModule):
     def configure_optimizers(self):
         self.trained = [q for q in self.policy.parameters() if q.requires_grad]
         return adamw(self.trained, lr=self.s.lr, eps=1e-5)
-
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint[self.prefix] = loop_state(self)
-
-    def on_load_checkpoint(self, checkpoint):
-        load_loop_state(self, checkpoint[self.prefix])

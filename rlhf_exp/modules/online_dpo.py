@@ -15,12 +15,12 @@ from rlhf_exp.config import schema
 from rlhf_exp.modules.algorithms import Algorithm, register
 from rlhf_exp.core.dpo import dpo_loss
 from rlhf_exp.distributed import global_mean, global_mean_loss
-from rlhf_exp.models.sampler import rollout_model
 from rlhf_exp.models.value import response_logits
 from rlhf_exp.core.ops import logprobs_from_logits
 from rlhf_exp.modules.heldout import InLoopEvalSettings
 from rlhf_exp.modules.metrics import to_floats
 from rlhf_exp.modules.optim import adamw, fused_allowed
+from rlhf_exp.modules import pg
 from rlhf_exp.modules.pg import sample_rows, sample_scored
 from rlhf_exp.modules.rollout import rollout_logprobs
 
@@ -66,26 +66,13 @@ class OnlineDPOModule(pl.LightningModule):
         """lm: the policy; ref: its frozen reference (the policy with adapters off, or a copy)."""
         super().__init__()
         self.policy, self.ref, self.tokenizer, self.reward, self.s = lm, ref, tokenizer, reward, s
-        if isinstance(ref, torch.nn.Module):
-            ref.requires_grad_(False)
-        self.iteration, self.score_means, self.samples, self.stop_reason = 0, [], [], ""
-        self._rollout_model = None
+        self.sampled = lm  # what it samples with (pg.sampler)
+        pg.begin_loop(self, ref, s)  # no minibatches, a fixed β
 
-    def sampler(self):
-        if self._rollout_model is None:
-            self._rollout_model = rollout_model(self.policy, self.s.rollout)
-        return self._rollout_model()
-
-    def on_fit_start(self):
-        if hasattr(self.reward, "to"):
-            self.reward.to(self.device)
-
-    def on_train_start(self):
-        if self.iteration >= self.s.max_steps:  # resumed from a run that had already finished
-            self.trainer.should_stop = True
-
-    def on_train_batch_start(self, batch, batch_idx):
-        self.eval()  # dropout off: sampling and the log-probs see the same function
+    # the on-policy life cycle (modules/pg.py)
+    sampler = pg.sampler
+    on_fit_start, on_train_start, on_train_batch_start = pg.reward_to_device, pg.stop_if_finished, pg.eval_mode
+    on_save_checkpoint, on_load_checkpoint = pg.save_loop, pg.load_loop
 
     def _sequence_logps(self, model, roll) -> torch.Tensor:
         """Σ log p of each row's response tokens (EOS included, padding after it not), temperature 1."""
@@ -115,20 +102,9 @@ class OnlineDPOModule(pl.LightningModule):
         self.log_dict(stats, on_step=True, on_epoch=False, batch_size=len(prompts))
         if s.sample_every and self.iteration % s.sample_every == 0:
             self.samples += sample_rows(self.iteration, prompts, roll.texts, scores, s.n_samples)
-        self.iteration += 1
-        self.score_means.append(stats[f"{p}/reward/score_mean"])
-        if self.iteration >= s.max_steps:
-            self.stop_reason = "max_steps"
-            self.trainer.should_stop = True
+        pg.end_iteration(self, stats[f"{p}/reward/score_mean"])
         return loss
 
     def configure_optimizers(self):
         return adamw([q for q in self.policy.parameters() if q.requires_grad], lr=self.s.lr,
                      warmup_steps=self.s.warmup_steps, fused=fused_allowed(self))
-
-    def on_save_checkpoint(self, checkpoint):  # the data's place and the random states are saved apart
-        checkpoint["online_dpo"] = {"iteration": self.iteration, "score_means": self.score_means, "samples": self.samples}
-
-    def on_load_checkpoint(self, checkpoint):
-        state = checkpoint["online_dpo"]
-        self.iteration, self.score_means, self.samples = state["iteration"], state["score_means"], state["samples"]

@@ -1,8 +1,12 @@
-"""What the on-policy algorithms (PPO, GRPO, RLOO) share, as functions: sampling and scoring a
+"""What the on-policy algorithms (PPO, GRPO, RLOO, online DPO) share, as functions: their life cycle
+(`begin_loop`: the frozen reference and the loop's state; the hooks assigned in each class body:
+`on_fit_start`, `on_train_start`, `on_train_batch_start`, `sampler`, `on_save_checkpoint`,
+`on_load_checkpoint`; `end_iteration`: the count and the stopping rule), sampling and scoring a
 rollout batch, the KL controller, the epochs × minibatches update loop with its first-minibatch
-invariant and `target_kl` early stop, the stopping rule, and the samples table.
+invariant and `target_kl` early stop, and the samples table.
 
-Each LightningModule keeps its own state (iteration, score history, generator) and passes it in."""
+Each LightningModule keeps its loop's state as attributes (iteration, score history, samples, the
+minibatch generator, the KL controller) under its record's name (`loop_key`)."""
 from __future__ import annotations
 
 import math
@@ -14,12 +18,77 @@ import torch
 from rlhf_exp.core.ppo import AdaptiveKLController, FixedKLController
 from rlhf_exp.distributed import global_mean
 from rlhf_exp.models.generation import Rollout, generate
+from rlhf_exp.models.sampler import rollout_model
+from rlhf_exp.modules.algorithms import record_of
 from rlhf_exp.modules.metrics import to_floats
 from rlhf_exp.modules.optim import clip_grad_norm
 
 
 class InvariantError(AssertionError):
     """The first minibatch of an iteration saw a policy that differs from the rollout policy."""
+
+
+# -- the life cycle -----------------------------------------------------------------------------
+
+def begin_loop(module, ref, s, seed: int | None = None, kl_ctl=None) -> None:
+    """The state of an on-policy loop, set on `module`: its reference frozen (a copy; a LoRA policy's
+    reference is itself, adapters off), the iteration count, the score history the stopping rule
+    reads, the samples table, the timings, the minibatch shuffle's generator (None without
+    minibatches) and the KL controller (None for a fixed β), and its checkpoint key (its record's name)."""
+    if isinstance(ref, torch.nn.Module):
+        ref.requires_grad_(False)
+    module.loop_key = record_of(s).name
+    module.iteration, module.score_means, module.samples, module.timings = 0, [], [], []
+    module.stop_reason, module._rollout_model = "", None
+    module.shuffle = torch.Generator().manual_seed(seed) if seed is not None else None
+    module.kl_ctl = kl_ctl
+
+
+def sampler(module):
+    """The model the next rollout samples with (`algorithm.rollout`): the policy, or its merged copy
+    refreshed; made at the first rollout, once the policy is on its device. (A module's `sampled`
+    is its language model.)"""
+    if module._rollout_model is None:
+        module._rollout_model = rollout_model(module.sampled, module.s.rollout)
+    return module._rollout_model()
+
+
+def reward_to_device(module) -> None:
+    """on_fit_start: the reward source (a model) on the policy's device."""
+    if hasattr(module.reward, "to"):
+        module.reward.to(module.device)
+
+
+def stop_if_finished(module) -> None:
+    """on_train_start: a run resumed from one that had already finished trains nothing."""
+    if module.iteration >= module.s.max_steps:
+        module.trainer.should_stop = True
+
+
+def eval_mode(module, batch, batch_idx) -> None:
+    """on_train_batch_start: dropout off in every model (eval mode; gradients flow as usual), so the
+    rollout and the update see the same function. Per batch, as Lightning restores modes."""
+    module.eval()
+
+
+def end_iteration(module, score_mean: float) -> None:
+    """Count the iteration, then stop at max_steps or when the moving average of the score reaches
+    reward_threshold (`stop_reason`)."""
+    module.iteration += 1
+    module.score_means.append(score_mean)
+    module.stop_reason = stop_reason(module.score_means, module.iteration, module.s)
+    if module.stop_reason:
+        module.trainer.should_stop = True
+
+
+def save_loop(module, checkpoint: dict) -> None:
+    """on_save_checkpoint: the loop's state under the module's key."""
+    checkpoint[module.loop_key] = loop_state(module)
+
+
+def load_loop(module, checkpoint: dict) -> None:
+    """on_load_checkpoint: the loop's state from under the module's key."""
+    load_loop_state(module, checkpoint[module.loop_key])
 
 
 @torch.no_grad()
@@ -90,9 +159,10 @@ def update_epochs(module, exp, minibatch_loss: Callable, s, prefix: str, generat
 def stop_reason(score_means: list[float], iteration: int, s) -> str:
     """Why to stop after `iteration` iterations (empty: go on): the moving average of the last
     `s.threshold_window` mean scores reached `s.reward_threshold`, or `s.max_steps` is reached."""
-    recent = score_means[-s.threshold_window:]
-    if s.reward_threshold is not None and len(recent) == s.threshold_window and mean(recent) >= s.reward_threshold:
-        return f"moving-average score {mean(recent):.3f} >= reward_threshold {s.reward_threshold}"
+    threshold, window = getattr(s, "reward_threshold", None), getattr(s, "threshold_window", 1)  # online DPO: none
+    recent = score_means[-window:]
+    if threshold is not None and len(recent) == window and mean(recent) >= threshold:
+        return f"moving-average score {mean(recent):.3f} >= reward_threshold {threshold}"
     if iteration >= s.max_steps:
         return f"max_steps ({s.max_steps}) reached"
     return ""
@@ -123,15 +193,17 @@ def loop_state(module) -> dict:
     """What a resumed run needs beyond weights and optimizer: iteration, score history, samples, the
     minibatch shuffle's generator, and the KL coefficient where a controller moves it. (The data's
     order and place are the data module's state, the random generators the RandomStates callback's.)"""
-    state = {"iteration": module.iteration, "score_means": module.score_means, "samples": module.samples,
-             "shuffle": module.shuffle.get_state()}
-    if getattr(module, "kl_ctl", None) is not None:
+    state = {"iteration": module.iteration, "score_means": module.score_means, "samples": module.samples}
+    if module.shuffle is not None:
+        state["shuffle"] = module.shuffle.get_state()
+    if module.kl_ctl is not None:
         state["kl_coef"] = module.kl_ctl.value
     return state
 
 
 def load_loop_state(module, state: dict) -> None:
     module.iteration, module.score_means, module.samples = state["iteration"], state["score_means"], state["samples"]
-    module.shuffle.set_state(state["shuffle"])
+    if module.shuffle is not None:
+        module.shuffle.set_state(state["shuffle"])
     if "kl_coef" in state:
         module.kl_ctl.value = state["kl_coef"]

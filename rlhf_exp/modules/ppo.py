@@ -20,12 +20,12 @@ from rlhf_exp.core.kl import KL_ESTIMATORS
 from rlhf_exp.core.ops import entropy_from_logits, logprobs_from_logits, masked_mean, masked_whiten
 from rlhf_exp.core.ppo import gae, policy_loss, shape_rewards, total_loss, value_loss
 from rlhf_exp.distributed import masked_moments, world_size
-from rlhf_exp.models.sampler import rollout_model
 from rlhf_exp.models.sharding import shard_models
 from rlhf_exp.modules.heldout import InLoopEvalSettings
 from rlhf_exp.modules.optim import adamw
-from rlhf_exp.modules.pg import (InvariantError, check_first_minibatch, kl_controller, load_loop_state,  # noqa: F401
-                                 log_iteration, loop_state, sample_rows, sample_scored, stop_reason, update_epochs)
+from rlhf_exp.modules import pg
+from rlhf_exp.modules.pg import (InvariantError, check_first_minibatch, kl_controller,  # noqa: F401
+                                 log_iteration, sample_rows, sample_scored, update_epochs)
 from rlhf_exp.modules.rollout import Experience, rollout_logprobs
 
 
@@ -88,36 +88,14 @@ class PPOModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.ref, self.tokenizer, self.reward, self.s = actor_critic, ref_lm, tokenizer, reward, s
-        if isinstance(ref_lm, torch.nn.Module):  # a copy (a LoRA policy's reference is itself, adapters off)
-            ref_lm.requires_grad_(False)
-        self.kl_ctl = kl_controller(s)
+        self.sampled = actor_critic.lm  # what rollouts sample with (pg.sampler)
+        pg.begin_loop(self, ref_lm, s, seed=seed, kl_ctl=kl_controller(s))
         self.kl_estimator = KL_ESTIMATORS[s.kl_estimator]
-        self.shuffle = torch.Generator().manual_seed(seed)
-        self.iteration = 0
-        self.score_means: list[float] = []  # per iteration, for the stopping rule
-        self.samples: list[dict] = []       # rows of the samples table
-        self.timings: list[dict] = []       # per iteration: rollout_s, update_s, response width
-        self.stop_reason = ""
-        self._rollout_model = None  # what samples (algorithm.rollout), made at the first rollout
 
-    def sampler(self):
-        """The model the next rollout samples with: the policy, or its merged copy refreshed."""
-        if self._rollout_model is None:  # made once the policy is on its device
-            self._rollout_model = rollout_model(self.policy.lm, self.s.rollout)
-        return self._rollout_model()
-
-    def on_train_batch_start(self, batch, batch_idx):
-        """Dropout off in every model during RL: all in eval mode (gradients flow as usual), so the
-        rollout and the update see the same function. Set per batch, as Lightning restores modes."""
-        self.eval()
-
-    def on_fit_start(self):
-        if hasattr(self.reward, "to"):
-            self.reward.to(self.device)
-
-    def on_train_start(self):
-        if self.iteration >= self.s.max_steps:  # resumed from a run that had already finished
-            self.trainer.should_stop = True
+    # the on-policy life cycle (modules/pg.py)
+    sampler = pg.sampler
+    on_fit_start, on_train_start, on_train_batch_start = pg.reward_to_device, pg.stop_if_finished, pg.eval_mode
+    on_save_checkpoint, on_load_checkpoint = pg.save_loop, pg.load_loop
 
     # -- phase 1 -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -184,17 +162,8 @@ class PPOModule(pl.LightningModule):
         t2 = time.perf_counter()
         stats = log_iteration(self, "ppo", {**stats, **update_stats}, exp, epochs, t0, t1, t2)  # global
         self.kl_ctl.update(stats["ppo/kl/ref"], len(exp) * world_size())
-        self.after_iteration(stats["ppo/reward/score_mean"])
+        pg.end_iteration(self, stats["ppo/reward/score_mean"])
         return stats  # checked by the stage's StopOnNonFinite callback
-
-    def after_iteration(self, score_mean: float) -> None:
-        """Count the iteration; stop at max_steps or when the moving average of the score reaches
-        reward_threshold."""
-        self.iteration += 1
-        self.score_means.append(score_mean)
-        self.stop_reason = stop_reason(self.score_means, self.iteration, self.s)
-        if self.stop_reason:
-            self.trainer.should_stop = True
 
     def configure_model(self):
         """trainer=fsdp2: shard the policy, its value head or critic, and a frozen reference copy
@@ -204,10 +173,3 @@ class PPOModule(pl.LightningModule):
     def configure_optimizers(self):
         self.trained = [p for p in self.policy.parameters() if p.requires_grad]
         return adamw(self.trained, lr=self.s.lr, eps=1e-5)  # ε 1e-5 as in cleanRL; no schedule
-
-    # -- resuming ------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["ppo"] = loop_state(self)
-
-    def on_load_checkpoint(self, checkpoint):
-        load_loop_state(self, checkpoint["ppo"])
