@@ -94,12 +94,14 @@ def _bounds(cls, name: str) -> list[str]:
 
 
 def _choices(cls, name: str) -> list | None:
-    field = cls.__pydantic_fields__.get(name)
-    ann = getattr(field, "annotation", None)
-    for arg in (ann, *typing.get_args(ann)):
-        if typing.get_origin(arg) is typing.Literal:
-            return list(typing.get_args(arg))
-    return None
+    """A field's choices, also of an item of a list of choices (`tastes.1` of `tuple[Literal[...], ...]`)."""
+    field = cls.__pydantic_fields__.get(name.split(".")[0])
+
+    def find(ann):
+        if typing.get_origin(ann) is typing.Literal:
+            return list(typing.get_args(ann))
+        return next((c for c in map(find, typing.get_args(ann)) if c), None)
+    return find(getattr(field, "annotation", None))
 
 
 def did_you_mean(key: str, known: Iterable[str]) -> str:
@@ -110,7 +112,7 @@ def did_you_mean(key: str, known: Iterable[str]) -> str:
 
 
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
-              "list": "a list", "dict": "a mapping"}
+              "list": "a list", "tuple": "a list", "dict": "a mapping"}
 
 
 def _sentence(cls, err: dict, where: str) -> str:

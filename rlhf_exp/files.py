@@ -92,7 +92,7 @@ def open_input(path: str | os.PathLike):
 
 def json_objects(lines: Iterable[str | bytes], problems: list[str]) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each JSON object line; blank lines skipped, bad ones (not UTF-8,
-    not JSON, not an object, or holding NaN or Infinity) added to `problems`."""
+    not JSON, not an object, holding NaN or Infinity, or nested too deeply) added to `problems`."""
     for lineno, line in enumerate(lines, start=1):
         if isinstance(line, bytes):
             try:
@@ -109,6 +109,9 @@ def json_objects(lines: Iterable[str | bytes], problems: list[str]) -> Iterator[
             continue
         except ValueError as err:
             problems.append(f"line {lineno}: {err}")
+            continue
+        except RecursionError:
+            problems.append(f"line {lineno}: nested too deeply (expected a JSON object of strings, lists and numbers)")
             continue
         if not isinstance(obj, dict):
             problems.append(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
@@ -128,6 +131,8 @@ def read_json(path: str | os.PathLike):
         raise FileError(str(path), [f"line {err.lineno}: bad JSON ({err.msg} at column {err.colno})"]) from err
     except ValueError as err:
         raise FileError(str(path), [str(err)]) from err
+    except RecursionError:
+        raise FileError(str(path), ["nested too deeply (expected a JSON document of objects, lists and values)"]) from None
 
 
 def _finite(text: str) -> float:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from rlhf_exp.feedback.prompts import Conversation, Prompt
 from rlhf_exp.feedback.sets import comparison_groups
+from rlhf_exp.files import FileError
 
 _CONDITION = re.compile(r"^\[([A-Za-z0-9_.-]+)\] ")
 CONDITION_CHARS = "letters, digits, '_', '.' or '-'"
@@ -128,13 +129,23 @@ def name_singletons(groups: Groups, kept: set[str]) -> dict[str, str]:
     return of
 
 
+def check_person_ids(pairs: list, source) -> None:
+    """Every pair's `labeler` and `group`, where it has one, is an id of CONDITION_CHARS: the ids key a
+    reward model's comparison groups, its conditions and its metric names per person
+    (`reward/val/accuracy_group_G1`). Raises FileError naming `source` and the pairs whose id is not."""
+    bad = [(i + 1, f, p.extra[f]) for i, p in enumerate(pairs) for f in ("labeler", "group")
+           if f in p.extra and not (isinstance(p.extra[f], str) and check_condition(p.extra[f]))]
+    if bad:
+        problems = [f"line {i}: field '{f}': expected a labeler or group id of {CONDITION_CHARS}, got {v!r}"[:300]
+                    for i, f, v in bad[:10]]
+        raise FileError(str(source), problems + ([f"... and {len(bad) - 10} more"] if len(bad) > 10 else []))
+
+
 def condition_pairs(pairs: list, condition_on: str, source) -> list:
     """Pairs for a reward model conditioned on `condition_on` ("labeler" or "group"): each pair's prompt
     with its `labeler` or `group` before it ("[G1] …"), the unconditioned prompt kept in its extra
     `split_prompt`. Raises FileError naming `source` and the pairs without that field."""
     from dataclasses import replace
-
-    from rlhf_exp.files import FileError
     missing = [i + 1 for i, p in enumerate(pairs) if not isinstance(p.extra.get(condition_on), str)
                or not check_condition(p.extra[condition_on])]
     if missing:
@@ -151,12 +162,12 @@ def one_persons_pairs(pairs: list, person: str, source) -> list:
     is `person`; refused, with the persons the file has, when there are none."""
     mine = [p for p in pairs if person in (p.extra.get("labeler"), p.extra.get("group"))]
     if not mine:
-        from rlhf_exp.files import FileError
         have = {f: sorted({str(p.extra[f]) for p in pairs if f in p.extra}) for f in ("group", "labeler")}
-        found = "; ".join(f"{f}s {', '.join(v)}" for f, v in have.items() if v) or \
+        found = "; ".join(f"{f}s {', '.join(v[:20])}{f' and {len(v) - 20} more' if len(v) > 20 else ''}"
+                          for f, v in have.items() if v) or \
             "none: no pair has a 'labeler' or 'group' field (write them with prepare.pairs_from=labeler, or " \
             "prepare.find_groups=true prepare.pairs_from=group)"
-        raise FileError(str(source), [f"reward_model.person = {person!r}: no pair is this person's "
+        raise FileError(str(source), [f"reward_model.person = {person[:100]!r}: no pair is this person's "
                                       f"(expected a labeler or group of the file: {found})"], unit="field")
     return mine
 

@@ -20,7 +20,7 @@ from rlhf_exp.core.ops import logprobs_from_logits
 from rlhf_exp.modules.heldout import InLoopEvalSettings
 from rlhf_exp.modules.metrics import to_floats
 from rlhf_exp.modules.optim import adamw, fused_allowed
-from rlhf_exp.modules import pg
+from rlhf_exp.modules import pg as on_policy
 from rlhf_exp.modules.pg import sample_rows, sample_scored
 from rlhf_exp.modules.rollout import rollout_logprobs
 
@@ -66,13 +66,15 @@ class OnlineDPOModule(pl.LightningModule):
         """lm: the policy; ref: its frozen reference (the policy with adapters off, or a copy)."""
         super().__init__()
         self.policy, self.ref, self.tokenizer, self.reward, self.s = lm, ref, tokenizer, reward, s
-        self.sampled = lm  # what it samples with (pg.sampler)
-        pg.begin_loop(self, ref, s)  # no minibatches, a fixed β
+        self.sampled = lm  # what it samples with (on_policy.sampler)
+        on_policy.begin_loop(self, ref, s)  # no minibatches, a fixed β
 
     # the on-policy life cycle (modules/pg.py)
-    sampler = pg.sampler
-    on_fit_start, on_train_start, on_train_batch_start = pg.reward_to_device, pg.stop_if_finished, pg.eval_mode
-    on_save_checkpoint, on_load_checkpoint = pg.save_loop, pg.load_loop
+    sampler = on_policy.sampler
+    on_fit_start = on_policy.reward_to_device
+    on_train_start = on_policy.stop_if_finished
+    on_train_batch_start = on_policy.eval_mode
+    on_save_checkpoint, on_load_checkpoint = on_policy.save_loop, on_policy.load_loop
 
     def _sequence_logps(self, model, roll) -> torch.Tensor:
         """Σ log p of each row's response tokens (EOS included, padding after it not), temperature 1."""
@@ -102,7 +104,7 @@ class OnlineDPOModule(pl.LightningModule):
         self.log_dict(stats, on_step=True, on_epoch=False, batch_size=len(prompts))
         if s.sample_every and self.iteration % s.sample_every == 0:
             self.samples += sample_rows(self.iteration, prompts, roll.texts, scores, s.n_samples)
-        pg.end_iteration(self, stats[f"{p}/reward/score_mean"])
+        on_policy.end_iteration(self, stats[f"{p}/reward/score_mean"])
         return loss
 
     def configure_optimizers(self):

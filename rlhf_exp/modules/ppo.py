@@ -23,7 +23,7 @@ from rlhf_exp.distributed import masked_moments, world_size
 from rlhf_exp.models.sharding import shard_models
 from rlhf_exp.modules.heldout import InLoopEvalSettings
 from rlhf_exp.modules.optim import adamw
-from rlhf_exp.modules import pg
+from rlhf_exp.modules import pg as on_policy
 from rlhf_exp.modules.pg import (InvariantError, check_first_minibatch, kl_controller,  # noqa: F401
                                  log_iteration, sample_rows, sample_scored, update_epochs)
 from rlhf_exp.modules.rollout import Experience, rollout_logprobs
@@ -88,14 +88,16 @@ class PPOModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.ref, self.tokenizer, self.reward, self.s = actor_critic, ref_lm, tokenizer, reward, s
-        self.sampled = actor_critic.lm  # what rollouts sample with (pg.sampler)
-        pg.begin_loop(self, ref_lm, s, seed=seed, kl_ctl=kl_controller(s))
+        self.sampled = actor_critic.lm  # what rollouts sample with (on_policy.sampler)
+        on_policy.begin_loop(self, ref_lm, s, seed=seed, kl_ctl=kl_controller(s))
         self.kl_estimator = KL_ESTIMATORS[s.kl_estimator]
 
     # the on-policy life cycle (modules/pg.py)
-    sampler = pg.sampler
-    on_fit_start, on_train_start, on_train_batch_start = pg.reward_to_device, pg.stop_if_finished, pg.eval_mode
-    on_save_checkpoint, on_load_checkpoint = pg.save_loop, pg.load_loop
+    sampler = on_policy.sampler
+    on_fit_start = on_policy.reward_to_device
+    on_train_start = on_policy.stop_if_finished
+    on_train_batch_start = on_policy.eval_mode
+    on_save_checkpoint, on_load_checkpoint = on_policy.save_loop, on_policy.load_loop
 
     # -- phase 1 -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -162,7 +164,7 @@ class PPOModule(pl.LightningModule):
         t2 = time.perf_counter()
         stats = log_iteration(self, "ppo", {**stats, **update_stats}, exp, epochs, t0, t1, t2)  # global
         self.kl_ctl.update(stats["ppo/kl/ref"], len(exp) * world_size())
-        pg.end_iteration(self, stats["ppo/reward/score_mean"])
+        on_policy.end_iteration(self, stats["ppo/reward/score_mean"])
         return stats  # checked by the stage's StopOnNonFinite callback
 
     def configure_model(self):

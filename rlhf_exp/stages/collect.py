@@ -37,6 +37,8 @@ def run(ctx: StageContext) -> None:
     if simulated and not data.simulated:
         raise ConfigError("collect.labelers = 'simulated': expected 'human' with data=files or data=hf "
                           "(only the simulated worlds, data=synthetic and data=chat, have simulated labelers)")
+    prompts = [p for p in data.train_prompts() for _ in range(s.sets_per_prompt)]  # read (and checked) before
+    heldout = [p for p in data.heldout_prompts() for _ in range(s.heldout_sets)]   # any model loads
     spec = ctx.model_spec(s.policy, "policy", "collect.policy")  # the directory given, this pipeline's sft/, or the model group
     tokenizer = spec.tokenizer()
     policy = spec.causal_lm(tokenizer).to(ctx.device())
@@ -44,9 +46,7 @@ def run(ctx: StageContext) -> None:
                batch_size=s.batch_size)
 
     t0 = time.perf_counter()
-    prompts = [p for p in data.train_prompts() for _ in range(s.sets_per_prompt)]
     out = sample(policy, tokenizer, prompts, data.n_completions, **gen)
-    heldout = [p for p in data.heldout_prompts() for _ in range(s.heldout_sets)]
     held = sample(policy, tokenizer, heldout, data.n_completions, **gen) if heldout else None
     seconds = time.perf_counter() - t0
 

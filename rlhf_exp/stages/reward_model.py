@@ -12,8 +12,8 @@ from statistics import mean, pstdev
 import pytorch_lightning as pl
 
 from rlhf_exp.feedback.formats import load_heldout, load_pairs, load_thumbs
-from rlhf_exp.feedback.persons import (accuracy_by_person, condition_pairs, conditioned, one_persons_pairs,
-                                       person_comparison_groups, person_field, split_condition)
+from rlhf_exp.feedback.persons import (accuracy_by_person, check_person_ids, condition_pairs, conditioned,
+                                       one_persons_pairs, person_comparison_groups, person_field, split_condition)
 from rlhf_exp.feedback.prompts import sort_key
 from rlhf_exp.models.reward import batched_logits, classifier_texts, reward_scores
 from rlhf_exp.modules.checkpoints import check_resume
@@ -75,6 +75,19 @@ def heldout_sets(ctx: StageContext) -> list[tuple[str, list[str]]]:
     return ctx.built.data.heldout_sets(ctx.cfg.seed)
 
 
+def persons_pairs(rows: list, s: RewardModelSettings, source) -> tuple[list, str | None]:
+    """(the pairs the reward model trains on, the field that says whose each one is; None: comparison
+    sets as always): where persons matter, every pair's ids checked; conditioned on the person
+    (`condition_on`) or one person's alone (`person`). A FileError names `source` and the lines."""
+    if s.condition_on != "none" or s.person is not None or person_field(rows, "none") is not None:
+        check_person_ids(rows, source)
+    if s.condition_on != "none":  # a reward model per person: "[labeler or group] " before each prompt
+        rows = condition_pairs(rows, s.condition_on, source)
+    if s.person is not None:  # one person's reward model: their pairs alone
+        rows = one_persons_pairs(rows, s.person, source)
+    return rows, person_field(rows, s.condition_on)
+
+
 def run(ctx: StageContext) -> None:
     s: RewardModelSettings = ctx.built.reward_model
     check_resume(s, "reward_model.ckpt_path")  # before any model is loaded
@@ -82,12 +95,7 @@ def run(ctx: StageContext) -> None:
     if s.objective == "classifier":
         return run_classifier(ctx, s)
     pairs_path = ctx.input_path(s.pairs, "pairs", "reward_model.pairs")
-    rows = load_pairs(pairs_path)
-    if s.condition_on != "none":  # a reward model per person: "[labeler or group] " before each prompt
-        rows = condition_pairs(rows, s.condition_on, pairs_path)
-    if s.person is not None:  # one person's reward model: their pairs alone
-        rows = one_persons_pairs(rows, s.person, pairs_path)
-    person = person_field(rows, s.condition_on)  # None: comparison sets as always
+    rows, person = persons_pairs(load_pairs(pairs_path), s, pairs_path)  # checked before any model loads
     tokenizer, model = backbone(ctx, s)
     dm = RowsDataModule(person_comparison_groups(rows, person), pair_collate(tokenizer, s.max_len), s.batch_size,
                         s.val_fraction, ctx.cfg.seed)

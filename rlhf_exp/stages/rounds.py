@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 
 from rlhf_exp.config import schema
 from rlhf_exp.distributed import is_main
-from rlhf_exp.feedback.formats import binary_to_json, load_feedback, load_pairs, load_thumbs
+from rlhf_exp.feedback.formats import binary_to_json, load_pairs, load_ranked, load_thumbs
 from rlhf_exp.files import write_json, write_jsonl
 from rlhf_exp.stages import eval as eval_stage
 from rlhf_exp.stages.context import StageContext
@@ -110,9 +110,9 @@ def merged_rows(files: list[Path], kind: str) -> list[dict]:
 
 
 def ranked_sets(path: Path) -> tuple[int, int]:
-    """(sets ranked by at least one labeler, sets) of a ranked feedback file."""
-    records = load_feedback(path).records
-    return sum(1 for r in records if getattr(r, "rankings", None)), len(records)
+    """(sets ranked by at least one labeler, sets) of a ranked feedback file (another kind is refused)."""
+    records = load_ranked(path)
+    return sum(1 for r in records if r.rankings), len(records)
 
 
 def stage_seed(seed: int, k: int, stage: str) -> int:

@@ -14,10 +14,10 @@ def run(ctx: StageContext) -> None:
     s: SFTSettings = ctx.built.sft
     check_resume(s, "sft.ckpt_path")  # before any model is loaded
     pl.seed_everything(ctx.cfg.seed, workers=True, verbose=False)
+    rows = ctx.built.data.sft_rows(s.styles, s.per_prompt)  # read (and checked) before any model loads
     spec = ctx.built.model
     tokenizer = spec.tokenizer()
     policy = spec.trainable(spec.causal_lm(tokenizer))  # LoRA adapters when model.lora_r > 0
-    rows = ctx.built.data.sft_rows(s.styles, s.per_prompt)
     dm = RowsDataModule(rows, sft_collate(tokenizer, s.max_len), s.batch_size, s.val_fraction, ctx.cfg.seed)
     sample_prompts = sorted({r["prompt"] for r in dm.val_rows or dm.train_rows}, key=sort_key)[: s.n_samples]
     module = SFTModule(policy, tokenizer, s, sample_prompts)

