@@ -132,7 +132,8 @@ def read_json(path: str | os.PathLike):
     except ValueError as err:
         raise FileError(str(path), [str(err)]) from err
     except RecursionError:
-        raise FileError(str(path), ["nested too deeply (expected a JSON document of objects, lists and values)"]) from None
+        raise FileError(str(path), ["nested too deeply (expected a JSON document of objects, lists and "
+                                    "values)"]) from None
 
 
 def _finite(text: str) -> float:
@@ -163,6 +164,13 @@ def read_jsonl(path: str | os.PathLike, parse: Callable[[dict, list[str]], objec
     if not records:
         raise FileError(str(path), ["no records: the file is empty"])
     return records
+
+
+def shown(value, limit: int = 120) -> str:
+    """A value as an error message shows it: its repr, cut at `limit` characters (a huge row is named,
+    not echoed)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def check_str(obj: dict, key: str, problems: list[str]) -> None:

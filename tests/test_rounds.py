@@ -93,6 +93,9 @@ def test_a_series_refuses_settings_that_would_fix_every_rounds_inputs():
         validate_config(compose("rounds=2", "stage=align"))
     with pytest.raises(ConfigError, match=r"rounds = 0: expected a value >= 1"):
         validate_config(compose("rounds=0"))
+    for loose in ("true", "2.0"):  # not taken as 1 or 2: a series that silently does not happen
+        with pytest.raises(ConfigError, match=r"rounds = .*: expected an integer"):
+            validate_config(compose(f"rounds={loose}"))
     with pytest.raises(ConfigError) as err:
         validate_config(compose("rounds=2", "series.align_from=sft", "series.reference=last"), {"series": "default"})
     assert "conf/series/default.yaml" in str(err.value) and "expected reference=sft, or align_from=last" in str(err.value)

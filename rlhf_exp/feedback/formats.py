@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from rlhf_exp.feedback.prompts import Prompt, check_prompt
-from rlhf_exp.files import FileError, check_str, json_objects, open_input, read_jsonl
+from rlhf_exp.files import FileError, check_str, json_objects, open_input, read_jsonl, shown
 
 FLAG = "F"  # a labeler's mark for a nonsensical, confusing or irrelevant completion
 
@@ -89,7 +89,7 @@ def _optional(obj: dict, key: str, ok, expected: str, problems: list[str]):
     """The value of an optional field, checked: None when absent or null."""
     value = obj.get(key)
     if value is not None and not ok(value):
-        problems.append(f"field '{key}': expected {expected}, got {value!r}")
+        problems.append(f"field '{key}': expected {expected}, got {shown(value)}")
     return value
 
 
@@ -109,7 +109,7 @@ def _parse_ranked(obj: dict, problems: list[str]) -> RankedSet | None:
         problems.append("field 'rankings': expected an object {labeler id: [rank of each completion]}")
         return None
     for labeler, ranks in rankings.items():
-        where = f"field 'rankings.{labeler}"
+        where = f"field 'rankings.{labeler if len(labeler) <= 60 else labeler[:60] + '...'}"
         if not isinstance(ranks, list):
             problems.append(f"{where}': expected a list of {n} ranks, got {type(ranks).__name__}")
         elif len(ranks) != n:
@@ -117,7 +117,7 @@ def _parse_ranked(obj: dict, problems: list[str]) -> RankedSet | None:
         else:
             for i, r in enumerate(ranks):
                 if not is_rank(r, n):
-                    problems.append(f"{where}[{i}]': expected an integer rank 1..{n} or \"F\", got {r!r}")
+                    problems.append(f"{where}[{i}]': expected an integer rank 1..{n} or \"F\", got {shown(r)}")
     set_id = _optional(obj, "set_id", _is_int, "an integer", problems)
     if problems:
         return None
@@ -146,7 +146,7 @@ def _parse_binary(obj: dict, problems: list[str]) -> Binary | None:
     if "label" not in obj:
         problems.append("field 'label': missing (expected 0 or 1)")
     elif not (_is_int(label) and label in (0, 1)):
-        problems.append(f"field 'label': expected 0 (thumbs down) or 1 (thumbs up), got {label!r}")
+        problems.append(f"field 'label': expected 0 (thumbs down) or 1 (thumbs up), got {shown(label)}")
     if problems:
         return None
     return Binary(prompt, obj["completion"], label)
@@ -164,7 +164,7 @@ def parse_lines(lines: Iterable[str], source: str = "<feedback>") -> Feedback:
         kind = detect_kind(obj)
         if kind is None:
             problems.append(
-                f"line {lineno}: unknown kind of feedback (fields {sorted(obj)}); expected ranked "
+                f"line {lineno}: unknown kind of feedback (fields {shown(sorted(obj))}); expected ranked "
                 "{prompt, completions, rankings}, pairwise {prompt, chosen, rejected} or binary "
                 "{prompt, completion, label}")
             continue

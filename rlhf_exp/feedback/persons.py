@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 
 from rlhf_exp.feedback.prompts import Conversation, Prompt
 from rlhf_exp.feedback.sets import comparison_groups
-from rlhf_exp.files import FileError
+from rlhf_exp.files import FileError, shown
 
 _CONDITION = re.compile(r"^\[([A-Za-z0-9_.-]+)\] ")
 CONDITION_CHARS = "letters, digits, '_', '.' or '-'"
+ID_LENGTH = 100  # the longest labeler or group id a reward model keys by (MLflow's metric names take 250 characters)
 
 
 def check_condition(condition: str) -> bool:
@@ -130,14 +131,16 @@ def name_singletons(groups: Groups, kept: set[str]) -> dict[str, str]:
 
 
 def check_person_ids(pairs: list, source) -> None:
-    """Every pair's `labeler` and `group`, where it has one, is an id of CONDITION_CHARS: the ids key a
-    reward model's comparison groups, its conditions and its metric names per person
-    (`reward/val/accuracy_group_G1`). Raises FileError naming `source` and the pairs whose id is not."""
+    """Every pair's `labeler` and `group`, where it has one, is an id of CONDITION_CHARS, at most
+    ID_LENGTH of them: the ids key a reward model's comparison groups, its conditions and its metric
+    names per person (`reward/val/accuracy_group_G1`). Raises FileError naming `source` and the pairs
+    whose id is not."""
     bad = [(i + 1, f, p.extra[f]) for i, p in enumerate(pairs) for f in ("labeler", "group")
-           if f in p.extra and not (isinstance(p.extra[f], str) and check_condition(p.extra[f]))]
+           if f in p.extra and not (isinstance(p.extra[f], str) and check_condition(p.extra[f])
+                                    and len(p.extra[f]) <= ID_LENGTH)]
     if bad:
-        problems = [f"line {i}: field '{f}': expected a labeler or group id of {CONDITION_CHARS}, got {v!r}"[:300]
-                    for i, f, v in bad[:10]]
+        problems = [f"line {i}: field '{f}': expected a labeler or group id of {CONDITION_CHARS} (at most "
+                    f"{ID_LENGTH}), got {shown(v)}" for i, f, v in bad[:10]]
         raise FileError(str(source), problems + ([f"... and {len(bad) - 10} more"] if len(bad) > 10 else []))
 
 
@@ -163,8 +166,8 @@ def one_persons_pairs(pairs: list, person: str, source) -> list:
     mine = [p for p in pairs if person in (p.extra.get("labeler"), p.extra.get("group"))]
     if not mine:
         have = {f: sorted({str(p.extra[f]) for p in pairs if f in p.extra}) for f in ("group", "labeler")}
-        found = "; ".join(f"{f}s {', '.join(v[:20])}{f' and {len(v) - 20} more' if len(v) > 20 else ''}"
-                          for f, v in have.items() if v) or \
+        more = lambda v: f" and {len(v) - 20} more" if len(v) > 20 else ""  # noqa: E731
+        found = "; ".join(f"{f}s {', '.join(x[:40] for x in v[:20])}{more(v)}" for f, v in have.items() if v) or \
             "none: no pair has a 'labeler' or 'group' field (write them with prepare.pairs_from=labeler, or " \
             "prepare.find_groups=true prepare.pairs_from=group)"
         raise FileError(str(source), [f"reward_model.person = {person[:100]!r}: no pair is this person's "

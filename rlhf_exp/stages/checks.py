@@ -49,7 +49,7 @@ class RunSettings:
     resume: str | None           # an interrupted run's dir, continued in place (the CLI runs it there)
     metric: str                  # the metric a sweep optimises (returned to Hydra's sweeper)
     nonfinite: Literal["stop", "skip"]  # at a non-finite loss, reward or gradient: stop, or skip that update
-    rounds: Annotated[int, Field(ge=1)]  # N > 1: sft, then N rounds of collect -> ... -> align (stages/rounds.py)
+    rounds: Annotated[int, Field(ge=1, strict=True)]  # N > 1: sft, then N rounds of collect -> ... -> align (stages/rounds.py)
 
     @pydantic.model_validator(mode="after")
     def _known_stages(self):

@@ -249,7 +249,8 @@ class Series:
         """The round's data (sets collected, pairs made this round, rows the reward model trained
         on) and its evaluation (eval/*, when eval ran in this round)."""
         def lines(path) -> int:
-            return sum(1 for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
+            # rows end at "\n" only: a completion may hold U+2028 or U+0085, which str.splitlines also splits at
+            return sum(1 for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip())
         figures = {"round/data/sets": lines(outputs["feedback"]),
                    f"round/data/{kind}": lines(round_dir(self.main_dir, k) / f"{kind}.jsonl"),
                    f"round/data/{kind}_total": lines(getattr(built.reward_model, kind))}

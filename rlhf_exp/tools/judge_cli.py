@@ -9,7 +9,9 @@ prompt is a string or a list of role/content turns. A row may carry a `reference
 without one, on a prompt its world does not know, it abstains on truth (`"truth": "abstained: no
 reference"` in the row's parts, `truthful` null). Every row comes back with a `judge` field (the
 score and its parts), written to OUT.jsonl (atomically) or, without it, to standard output; a summary
-goes to standard error. A bad file is refused with every bad line named (exit 2), nothing written.
+goes to standard error. A bad file (every bad line named: a row of the other kind, or of both), an
+output path whose directory does not exist, or a --batch-size below 1 is refused before any model
+loads (exit 2), nothing written.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pathlib import Path
 from rlhf_exp.config import user_cache_dir
 from rlhf_exp.errors import UserError
 from rlhf_exp.feedback.prompts import check_prompt
-from rlhf_exp.files import FileError, check_str, read_jsonl, write_jsonl
+from rlhf_exp.files import check_str, read_jsonl, write_jsonl
 
 
 def _kind(obj: dict) -> str:

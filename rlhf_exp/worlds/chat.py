@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from rlhf_exp.config import package_file
-from rlhf_exp.files import FileError, check_str, read_jsonl
+from rlhf_exp.files import FileError, check_str, read_jsonl, shown
 from rlhf_exp.worlds import topics as T
 from rlhf_exp.worlds.synthetic import World
 
@@ -92,7 +92,8 @@ def _texts(obj: dict, key: str, problems: list[str]) -> tuple[str, ...]:
     """A field that must be a list of strings (a question's correct answers)."""
     value = obj.get(key)
     if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-        problems.append(f"field '{key}': expected a list of strings, got {type(value).__name__ if key in obj else 'nothing'}")
+        got = type(value).__name__ if key in obj else "nothing"
+        problems.append(f"field '{key}': expected a list of strings, got {got}")
         return ()
     return tuple(value)
 
@@ -177,11 +178,6 @@ def read_yaml(path: Path):
         raise FileError(str(path), ["not YAML: nested too deeply"], unit="entry") from None
 
 
-def _shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
 def _nonempty(r: dict, key: str) -> bool:
     return isinstance(r.get(key), str) and bool(r[key].strip())
 
@@ -194,7 +190,8 @@ def edgy() -> tuple[ChatPrompt, ...]:
     if not isinstance(rows, list):
         raise FileError(str(path), [f"expected a list of entries, got {type(rows).__name__}"], unit="entry")
     problems = [f"entry {i + 1}: expected prompt, category (one of {', '.join(EDGY_CATEGORIES)}), split "
-                f"(train or heldout) and good (prompt and good non-empty text), got {_shown(r)}" for i, r in enumerate(rows)
+                f"(train or heldout) and good (prompt and good non-empty text), got {shown(r, 200)}"
+                for i, r in enumerate(rows)
                 if not (isinstance(r, dict) and _nonempty(r, "prompt") and _nonempty(r, "good")
                         and r.get("category") in EDGY_CATEGORIES and r.get("split") in ("train", "heldout"))]
     if problems:
@@ -211,7 +208,7 @@ def benign_requests() -> tuple[str, ...]:
     rows = read_yaml(path)
     if not isinstance(rows, list):
         raise FileError(str(path), [f"expected a list of non-empty strings, got {type(rows).__name__}"], unit="entry")
-    problems = [f"entry {i + 1}: expected a non-empty string, got {_shown(r)}" for i, r in enumerate(rows)
+    problems = [f"entry {i + 1}: expected a non-empty string, got {shown(r, 200)}" for i, r in enumerate(rows)
                 if not (isinstance(r, str) and r.strip())]
     if problems:
         raise FileError(str(path), problems, unit="entry")
