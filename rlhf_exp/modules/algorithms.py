@@ -6,6 +6,7 @@ The records are found through the `algorithm` config group: each conf/algorithm/
 settings class as `_target_`, and loading that class registers the record of its module."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -49,8 +50,10 @@ def record_of(settings) -> Algorithm | None:
     return _BY_SETTINGS.get(cls)
 
 
+@functools.cache
 def records() -> dict[str, Algorithm]:
-    """Every algorithm of the `algorithm` config group, by name."""
+    """Every algorithm of the `algorithm` config group, by name (read once: the strategy checks,
+    compare and the frontier all ask)."""
     out = {}
     for path in sorted((conf_dir() / "algorithm").glob("*.yaml")):
         record = record_of(get_class(OmegaConf.load(path)["_target_"]))
